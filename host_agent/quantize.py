@@ -1,0 +1,206 @@
+"""Block floating point quantization, as SwitchML: int32 lanes with one shared exponent per block.
+
+A tensor is cut into blocks of L lanes (one block = one packet's payload). For a block with maximum magnitude M:
+
+* Its exponent is the smallest integer e with M < 2**e, read from the float's exponent bits (``frexp``), not from
+  a logarithm. An all-zero block has exponent ``EXP_MIN`` (-128): it constrains nobody. Denormal maxima give
+  e < -128 and are clamped up to -128; a larger exponent is always safe, it only costs precision, and a denormal
+  still keeps at least 24 - k significant bits of the block's largest value.
+* Blocks holding inf or NaN, or a value with M >= 2**127 (e = 128 does not fit the wire's int8), are *non-finite*:
+  they are flagged, quantize to zeros, and the summed block comes back all-NaN on every worker. Values that large
+  are treated like inf because an n-way sum of them overflows float32 anyway; this matches what AMP's overflow
+  check expects.
+
+Every worker scales a block by ``2**(30 - k - E)``, where E is the shared exponent (the maximum of the workers'
+exponents for that block, carried back by the switch) and ``k = ceil(log2(n))`` for n workers. Then
+``|x * 2**s| < 2**(30 - k)``, so after rounding each lane is at most ``2**(30 - k)`` in magnitude and the sum of n
+lanes is at most ``2**30``: the switch's int32 sum can never wrap.
+
+Error bound (tested): with ``S = sum_i x_i`` the exact sum of the n workers' values for one lane,
+
+    |dequantized - S| <= n * 2**(E + k - 31) * (1 + 2**-24) + 2**-24 * |S|
+
+i.e. half a quantization step per worker, plus the final rounding to float32.
+
+Arithmetic is float32 multiplication by powers of two (exact) and round-half-to-even; numpy and torch give
+bit-identical results. The scale factor is applied as two power-of-two factors when it would leave float32's range.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from netagg.wire import EXP_MAX, EXP_MIN
+
+#: Exponent at or above which a block is treated as non-finite (2**127 <= M).
+EXP_OVERFLOW = EXP_MAX + 1
+
+#: Bits of headroom below int32's sign bit that the scaling keeps (one spare bit: no clipping needed).
+_MAG_BITS = 30
+
+_INT32_MAX = (1 << 31) - 1
+
+
+class QuantizationError(ValueError):
+    """Input the quantizer cannot represent faithfully (e.g. an int32 sum that could wrap)."""
+
+
+def headroom_bits(num_workers: int) -> int:
+    """k = ceil(log2(n)): bits reserved so that the sum of n lanes cannot overflow."""
+    if num_workers < 1:
+        raise QuantizationError(f"number of workers must be >= 1, got {num_workers}")
+    return (num_workers - 1).bit_length()
+
+
+def scale_shift(shared_exps: np.ndarray, num_workers: int) -> np.ndarray:
+    """Per-block binary scale s = 30 - k - E (int32), so that a lane is x * 2**s."""
+    return (_MAG_BITS - headroom_bits(num_workers) - np.asarray(shared_exps, dtype=np.int32)).astype(np.int32)
+
+
+def block_exponents(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block exponent (int8) and non-finite flag (bool) of float32 blocks shaped (m, L)."""
+    blocks = _as_blocks(blocks)
+    # max and -min: two reductions and no |x| temporary; NaN propagates through both.
+    maxabs = np.maximum(blocks.max(axis=1), -blocks.min(axis=1)) if blocks.shape[1] else np.zeros(len(blocks))
+    _, exps = np.frexp(maxabs.astype(np.float32, copy=False))
+    nonfinite = ~np.isfinite(maxabs) | (exps >= EXP_OVERFLOW)
+    exps = np.where((maxabs == 0) | nonfinite, EXP_MIN, np.maximum(exps, EXP_MIN))
+    return exps.astype(np.int8), nonfinite
+
+
+def _factors(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split 2**shift into one or two float32 factors of shape (m, 1), each within float32's normal range."""
+    if shift.size == 0 or (shift.max() <= 126 and shift.min() >= -126):
+        return np.ldexp(np.float32(1), shift).astype(np.float32)[:, None], None
+    half = shift // 2
+    return (
+        np.ldexp(np.float32(1), half).astype(np.float32)[:, None],
+        np.ldexp(np.float32(1), shift - half).astype(np.float32)[:, None],
+    )
+
+
+def quantize(
+    blocks: np.ndarray, shared_exps: np.ndarray, num_workers: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Quantize float32 blocks (m, L) with the shared per-block exponents into int32 lanes (m, L).
+
+    Non-finite blocks (by their own values) become zeros; the caller sends their flag instead.
+    """
+    blocks = _as_blocks(blocks)
+    shared = np.asarray(shared_exps)
+    if shared.shape != (blocks.shape[0],):
+        raise QuantizationError(f"{shared.shape} exponents for {blocks.shape[0]} blocks")
+    f1, f2 = _factors(scale_shift(shared, num_workers))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN lanes are handled just below
+        tmp = np.multiply(blocks, f1, dtype=np.float32)
+        if f2 is not None:
+            np.multiply(tmp, f2, out=tmp)
+        np.rint(tmp, out=tmp)
+    # A lane can exceed the bound only if this worker's block was not covered by the shared exponent (inf, NaN,
+    # a caller passing a wrong exponent). Zero such blocks instead of letting the cast produce garbage.
+    bound = np.float32(1 << (_MAG_BITS - headroom_bits(num_workers)))
+    bad = ~(np.abs(tmp).max(axis=1) <= bound) if tmp.shape[1] else np.zeros(len(tmp), bool)
+    if bad.any():
+        tmp[bad] = 0
+    if out is None:
+        out = np.empty(blocks.shape, dtype=np.int32)
+    np.copyto(out, tmp, casting="unsafe")
+    return out
+
+
+def dequantize(
+    sums: np.ndarray,
+    shared_exps: np.ndarray,
+    num_workers: int,
+    nonfinite: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Turn summed int32 lanes (m, L) back into float32; blocks flagged non-finite become NaN."""
+    sums = np.asarray(sums)
+    if sums.ndim != 2:
+        raise QuantizationError(f"sums must be 2-D (blocks, lanes), got shape {sums.shape}")
+    if out is None:
+        out = np.empty(sums.shape, dtype=np.float32)
+    np.copyto(out, sums, casting="unsafe")
+    f1, f2 = _factors(-scale_shift(np.asarray(shared_exps), num_workers))
+    with np.errstate(over="ignore"):  # a true sum beyond float32's range is inf, as float32 arithmetic gives
+        np.multiply(out, f1, out=out)
+        if f2 is not None:
+            np.multiply(out, f2, out=out)
+    if nonfinite is not None and np.any(nonfinite):
+        out[np.asarray(nonfinite, dtype=bool)] = np.nan
+    return out
+
+
+def error_bound(exact_sum: np.ndarray, shared_exps: np.ndarray, num_workers: int) -> np.ndarray:
+    """The documented bound on |dequantized - exact_sum| per lane, for blocks shaped (m, L)."""
+    k = headroom_bits(num_workers)
+    step = np.ldexp(1.0, np.asarray(shared_exps, dtype=np.int64) + k - 31)[:, None]
+    return num_workers * step * (1 + 2.0**-24) + 2.0**-24 * np.abs(exact_sum)
+
+
+def check_int32_exact(x: np.ndarray, num_workers: int) -> None:
+    """Raise unless an n-way sum of int32 values like ``x`` on every worker cannot wrap.
+
+    Each worker can only see its own values, so the rule is local: |x| <= (2**31 - 1) // n.
+    """
+    if x.size == 0 or headroom_bits(num_workers) == 0:
+        return
+    limit = _INT32_MAX // num_workers
+    hi, lo = int(x.max()), int(x.min())
+    if hi > limit or lo < -limit:
+        worst = hi if hi > -lo else lo
+        raise QuantizationError(
+            f"int32 all-reduce over {num_workers} workers could wrap: value {worst} exceeds "
+            f"+/-{limit} (= (2**31 - 1) // {num_workers}); use a float tensor or smaller values"
+        )
+
+
+def _as_blocks(blocks: np.ndarray) -> np.ndarray:
+    if not isinstance(blocks, np.ndarray) or blocks.dtype != np.float32 or blocks.ndim != 2:
+        raise QuantizationError(
+            f"expected a float32 array shaped (blocks, lanes), got {getattr(blocks, 'dtype', type(blocks))} "
+            f"{getattr(blocks, 'shape', '')}"
+        )
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch: the same arithmetic on CPU tensors, for callers that want to stay in torch (bit-identical to numpy).
+
+
+def _torch_factors(shift: np.ndarray) -> tuple[Any, Any]:
+    """2**shift as two float32 tensor factors (m, 1); always split, which gives the same products as one factor."""
+    import torch
+
+    half = shift // 2
+    one = np.float32(1)
+    return (
+        torch.from_numpy(np.ldexp(one, half).astype(np.float32)[:, None]),
+        torch.from_numpy(np.ldexp(one, shift - half).astype(np.float32)[:, None]),
+    )
+
+
+def torch_quantize(blocks: Any, shared_exps: Any, num_workers: int) -> Any:
+    """torch twin of :func:`quantize` (float32 CPU tensor (m, L) -> int32 tensor)."""
+    import torch
+
+    f1, f2 = _torch_factors(scale_shift(np.asarray(shared_exps), num_workers))
+    tmp = torch.round(blocks * f1 * f2)
+    bound = float(1 << (_MAG_BITS - headroom_bits(num_workers)))
+    bad = ~(tmp.abs().amax(dim=1) <= bound) if tmp.shape[1] else torch.zeros(len(tmp), dtype=torch.bool)
+    tmp[bad] = 0
+    return tmp.to(torch.int32)
+
+
+def torch_dequantize(sums: Any, shared_exps: Any, num_workers: int, nonfinite: Any = None) -> Any:
+    """torch twin of :func:`dequantize`."""
+    import torch
+
+    f1, f2 = _torch_factors(-scale_shift(np.asarray(shared_exps), num_workers))
+    out = sums.to(torch.float32) * f1 * f2
+    if nonfinite is not None:
+        out[torch.as_tensor(np.asarray(nonfinite, dtype=bool))] = float("nan")
+    return out
