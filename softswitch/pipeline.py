@@ -1,0 +1,550 @@
+"""The software switch's data path: the pipeline of docs/protocol.md, packet for packet.
+
+``Pipeline(state).process(frame, ingress_port)`` parses one Ethernet frame, applies the aggregation semantics
+(or ARP / L2 forwarding for ordinary traffic) and returns the frames to send as ``(egress port, bytes)``.
+Tables, multicast groups and counters live in a ``SwitchState`` that the P4Runtime server writes; the slot
+registers live here, as numpy arrays, and ``reset()`` zeroes them when a pipeline is pushed.
+
+Speed notes: header fields are read with one ``struct.unpack_from`` per header from the frame buffer, table
+entries are decoded into plain tuples once and cached until ``SwitchState.generation`` changes, lanes are added
+as one numpy operation on a big-endian view of the frame, and random numbers for the drop simulator are drawn
+in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Final
+
+import numpy as np
+
+from netagg.constants import (
+    AGG_UDP_PORT,
+    FLAGS_DEFINED,
+    FLOOD_MCAST_GROUP,
+    JOB_MCAST_GROUP_BASE,
+    LANE_BYTES,
+    LANES_PER_BLOCK,
+    MAX_LANES,
+    NUM_DROP_REASONS,
+    NUM_JOB_STATS,
+    POOL_SLOTS,
+    SIZE_CODES,
+    DropReason,
+    JobStat,
+    MsgType,
+)
+from netagg.softswitch.state import SwitchState, Table
+from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, HEADER_BYTES, IPV4_HEADER_BYTES, LANE_DTYPE
+
+log = logging.getLogger(__name__)
+
+#: One egress frame: (egress port, frame bytes).
+Output = tuple[int, bytes]
+
+ETHERTYPE_IPV4: Final = 0x0800
+ETHERTYPE_ARP: Final = 0x0806
+IPPROTO_UDP: Final = 17
+ARP_REQUEST: Final = 1
+ARP_REPLY: Final = 2
+
+_IP_OFFSET: Final = ETH_HEADER_BYTES
+_UDP_OFFSET: Final = ETH_HEADER_BYTES + IPV4_HEADER_BYTES
+_LANES_OFFSET: Final = AGG_OFFSET + HEADER_BYTES
+_ARP_BYTES: Final = 28  # ARP for IPv4 over Ethernet
+
+_ETHERTYPE = struct.Struct("!H")
+# IPv4 without options: ver_ihl, tos, total length, id, flags/fragment, ttl, protocol, checksum, src, dst.
+_IPV4 = struct.Struct("!BBHHHBBHII")
+_UDP = struct.Struct("!HHHH")
+# Aggregation header: byte 0, job, tsi, set/slot, exp (signed), flags.
+_AGG = struct.Struct("!BBIHbB")
+# ARP: htype, ptype, hlen, plen, oper, sha, spa, tha, tpa.
+_ARP = struct.Struct("!HHBBH6s4s6s4s")
+# Everything in front of the aggregation header of a RESULT, written in one call per replica.
+_RESULT_HEADERS = struct.Struct("!6s6sH" "BBHHHBBHII" "HHHH")
+assert _RESULT_HEADERS.size == AGG_OFFSET
+
+_MAX_SIZE_CODE: Final = max(SIZE_CODES)
+_UPDATE: Final = int(MsgType.UPDATE)
+_RESULT: Final = int(MsgType.RESULT)
+
+_PARSER_ERROR: Final = int(DropReason.PARSER_ERROR)
+_UNKNOWN_WORKER: Final = int(DropReason.UNKNOWN_WORKER)
+_BAD_MSG_TYPE: Final = int(DropReason.BAD_MSG_TYPE)
+_RESERVED_BIT: Final = int(DropReason.RESERVED_BIT)
+_BAD_SIZE: Final = int(DropReason.BAD_SIZE)
+_BAD_LENGTH: Final = int(DropReason.BAD_LENGTH)
+_SLOT_OUT_OF_RANGE: Final = int(DropReason.SLOT_OUT_OF_RANGE)
+_DUPLICATE_PENDING: Final = int(DropReason.DUPLICATE_PENDING)
+_STALE: Final = int(DropReason.STALE)
+_SIMULATED_LOSS: Final = int(DropReason.SIMULATED_LOSS)
+
+_AGGREGATED: Final = int(JobStat.AGGREGATED)
+_COMPLETED: Final = int(JobStat.COMPLETED)
+_RETRANSMIT_ANSWERED: Final = int(JobStat.RETRANSMIT_ANSWERED)
+
+#: Random numbers drawn per refill of the drop simulator's buffer.
+_RANDOM_BATCH: Final = 4096
+
+# A decoded `workers` entry: worker id, worker count, pool base, pool size, size code, epoch, port.
+_Worker = tuple[int, int, int, int, int, int, int]
+# A decoded `results` entry: destination MAC (bytes), IPv4 address, UDP port.
+_ResultDst = tuple[bytes, int, int]
+
+_MISS: Final = object()  # cache marker for "looked up, no usable entry"
+
+
+def _mac_bytes(value: int) -> bytes:
+    return (value & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+
+
+def ipv4_checksum_words(words_sum: int) -> int:
+    """Fold a one's-complement sum of 16-bit words and return the IPv4 header checksum."""
+    words_sum = (words_sum & 0xFFFF) + (words_sum >> 16)
+    words_sum = (words_sum & 0xFFFF) + (words_sum >> 16)
+    return ~words_sum & 0xFFFF
+
+
+class Registers:
+    """The slot registers: one entry per slot copy, index ``set * POOL_SLOTS + pool_base + slot``."""
+
+    def __init__(self) -> None:
+        copies = 2 * POOL_SLOTS
+        self.epoch = np.zeros(copies, dtype=np.uint16)
+        self.bitmap = np.zeros(copies, dtype=np.uint32)
+        self.count = np.zeros(copies, dtype=np.uint8)
+        self.tsi = np.zeros(copies, dtype=np.uint32)
+        self.exp = np.zeros(copies, dtype=np.int8)
+        self.flags = np.zeros(copies, dtype=np.uint8)
+        # Native-endian running sums; packets are big-endian and converted once per add.
+        self.lanes = np.zeros((copies, MAX_LANES), dtype=np.int32)
+
+    def reset(self) -> None:
+        """Zero every register in place (the data path keeps references to these arrays)."""
+        for array in (self.epoch, self.bitmap, self.count, self.tsi, self.exp, self.flags, self.lanes):
+            array.fill(0)
+
+
+class Pipeline:
+    """The data path of the software switch (see docs/protocol.md for the semantics it implements)."""
+
+    def __init__(self, state: SwitchState, seed: int | None = None) -> None:
+        self.state = state
+        self.registers = Registers()
+        self._rng = np.random.default_rng(seed)
+        self._random: list[int] = []
+        self._random_next = 0
+        self._generation = -1
+        self._loaded = False
+        #: Frames dropped because the pipeline itself failed on them (a bug; logged once).
+        self.internal_errors = 0
+        self._refresh()
+
+    # ----------------------------------------------------------------------------------------------- control
+
+    def reset(self) -> None:
+        """Zero all registers (called when a pipeline config is pushed) and drop every cached lookup."""
+        self.registers.reset()
+        self._generation = -1
+
+    def reseed(self, seed: int | None) -> None:
+        """Restart the drop simulator's random stream from ``seed``."""
+        self._rng = np.random.default_rng(seed)
+        self._random = []
+        self._random_next = 0
+
+    def _refresh(self) -> None:
+        """Rebuild the lookup caches from the state (on every control-plane write)."""
+        state = self.state
+        # Read the generation first: a write racing with this refresh bumps it again and we refresh once more.
+        self._generation = state.generation
+        tables = state.tables
+        self._loaded = bool(tables)
+        empty = Table("", (), None, None, 0)  # type: ignore[arg-type]
+        self._t_workers = tables.get("workers", empty)
+        self._t_results = tables.get("results", empty)
+        self._t_l2 = tables.get("l2_forward", empty)
+        self._t_arp = tables.get("arp_reply", empty)
+        self._t_ingress_loss = tables.get("ingress_loss", empty)
+        self._t_egress_loss = tables.get("egress_loss", empty)
+        self._groups = state.mcast_groups
+        self._workers: dict[tuple[int, int, int], object] = {}
+        self._results: dict[tuple[int, int], object] = {}
+        self._ingress_loss: dict[int, int] = {}
+        self._egress_loss: dict[int, int] = {}
+        agg = tables.get("agg_addr")
+        default = agg.default if agg is not None else None
+        if default is not None and default.name == "set_agg_addr":
+            self._agg_src: tuple[bytes, int] | None = (
+                _mac_bytes(default.params.get("mac", 0)),
+                default.params.get("addr", 0) & 0xFFFF_FFFF,
+            )
+        else:
+            self._agg_src = None
+        counters = state.counters
+
+        def packets_bytes(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+            counter = counters.get(name)
+            return (counter.packets, counter.bytes) if counter is not None else None
+
+        self._c_drops = packets_bytes("drops")
+        self._c_job_drops = packets_bytes("job_drops")
+        self._c_job_stats = packets_bytes("job_stats")
+
+    # ------------------------------------------------------------------------------------------ lookups
+
+    def _worker(self, job: int, src: int, sport: int) -> _Worker | None:
+        key = (job, src, sport)
+        hit = self._workers.get(key)
+        if hit is None:
+            action = self._t_workers.entries.get(key)
+            if action is None or action.name != "set_worker":
+                hit = _MISS
+            else:
+                p = action.params
+                hit = (
+                    p.get("worker_id", 0),
+                    p.get("num_workers", 0),
+                    p.get("pool_base", 0),
+                    p.get("pool_size", 0),
+                    p.get("size", 0),
+                    p.get("epoch", 0),
+                    p.get("port", 0),
+                )
+            self._workers[key] = hit
+        return None if hit is _MISS else hit  # type: ignore[return-value]
+
+    def _result_dst(self, job: int, worker_id: int) -> _ResultDst | None:
+        key = (job, worker_id)
+        hit = self._results.get(key)
+        if hit is None:
+            action = self._t_results.entries.get(key)
+            if action is None or action.name != "set_result_dst":
+                hit = _MISS
+            else:
+                p = action.params
+                hit = (_mac_bytes(p.get("mac", 0)), p.get("addr", 0) & 0xFFFF_FFFF, p.get("port", 0) & 0xFFFF)
+            self._results[key] = hit
+        return None if hit is _MISS else hit  # type: ignore[return-value]
+
+    @staticmethod
+    def _loss_threshold(table: Table, cache: dict[int, int], port: int) -> int:
+        threshold = cache.get(port)
+        if threshold is None:
+            action = table.entries.get((port,))
+            if action is None:
+                action = table.default
+            threshold = 0
+            if action is not None and action.name == "set_loss":
+                threshold = action.params.get("threshold", 0) & 0xFFFF_FFFF
+            cache[port] = threshold
+        return threshold
+
+    def _lost(self, threshold: int) -> bool:
+        """One draw of the drop simulator: True when a uniform uint32 is below ``threshold``."""
+        i = self._random_next
+        if i >= len(self._random):
+            self._random = self._rng.integers(0, 1 << 32, size=_RANDOM_BATCH, dtype=np.uint64).tolist()
+            i = 0
+        self._random_next = i + 1
+        return self._random[i] < threshold
+
+    # ----------------------------------------------------------------------------------------- counting
+
+    def _drop(self, reason: int, job: int, nbytes: int) -> None:
+        """Count a drop in ``drops`` and, when the job byte was parsed (job >= 0), in ``job_drops``."""
+        c = self._c_drops
+        if c is not None:
+            c[0][reason] += 1
+            c[1][reason] += nbytes
+        if job >= 0:
+            c = self._c_job_drops
+            if c is not None:
+                index = job * NUM_DROP_REASONS + reason
+                c[0][index] += 1
+                c[1][index] += nbytes
+
+    def _stat(self, job: int, stat: int, nbytes: int) -> None:
+        c = self._c_job_stats
+        if c is not None:
+            index = job * NUM_JOB_STATS + stat
+            c[0][index] += 1
+            c[1][index] += nbytes
+
+    # ---------------------------------------------------------------------------------------- data path
+
+    def process(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
+        """Run one frame through the pipeline; return the frames to send. Never raises for any input."""
+        try:
+            return self._process(frame, ingress_port)
+        except Exception:  # a bug here must not stop the switch: log it, count it, drop the frame
+            self.internal_errors += 1
+            if self.internal_errors == 1:
+                log.exception("pipeline error (frame of %d bytes on port %d dropped)", len(frame), ingress_port)
+            self._drop(_PARSER_ERROR, -1, len(frame))
+            return []
+
+    def _process(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
+        if self.state.generation != self._generation:
+            self._refresh()
+        if not self._loaded:
+            return []  # no pipeline loaded: drop everything
+        n = len(frame)
+        if n < ETH_HEADER_BYTES:
+            self._drop(_PARSER_ERROR, -1, n)
+            return []
+        (ethertype,) = _ETHERTYPE.unpack_from(frame, 12)
+        if ethertype == ETHERTYPE_IPV4:
+            if n < _UDP_OFFSET:
+                self._drop(_PARSER_ERROR, -1, n)
+                return []
+            ip = _IPV4.unpack_from(frame, _IP_OFFSET)
+            if ip[0] == 0x45 and ip[6] == IPPROTO_UDP:
+                if n < AGG_OFFSET:
+                    self._drop(_PARSER_ERROR, -1, n)
+                    return []
+                udp = _UDP.unpack_from(frame, _UDP_OFFSET)
+                if udp[1] == AGG_UDP_PORT:
+                    return self._aggregate(frame, n, ingress_port, ip, udp)
+        elif ethertype == ETHERTYPE_ARP:
+            if n < ETH_HEADER_BYTES + _ARP_BYTES:
+                self._drop(_PARSER_ERROR, -1, n)
+                return []
+            reply = self._arp(frame, ingress_port)
+            if reply is not None:
+                return reply
+        return self._l2(frame, ingress_port)
+
+    def _l2(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
+        dst = int.from_bytes(frame[0:6], "big")
+        action = self._t_l2.entries.get((dst,))
+        if action is None:
+            action = self._t_l2.default
+        if action is None:
+            return []
+        if action.name == "forward":
+            return [(action.params.get("port", 0), bytes(frame))]
+        if action.name == "flood":
+            data = bytes(frame)
+            return [(port, data) for port, _rid in self._groups.get(FLOOD_MCAST_GROUP, ()) if port != ingress_port]
+        return []
+
+    def _arp(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output] | None:
+        """Answer an ARP request for an address in ``arp_reply``; None if the frame is ordinary traffic."""
+        htype, ptype, hlen, plen, oper, sha, spa, _tha, tpa = _ARP.unpack_from(frame, ETH_HEADER_BYTES)
+        if oper != ARP_REQUEST or htype != 1 or ptype != ETHERTYPE_IPV4 or hlen != 6 or plen != 4:
+            return None
+        action = self._t_arp.entries.get((int.from_bytes(tpa, "big"),))
+        if action is None or action.name != "reply_arp":
+            return None
+        mac = _mac_bytes(action.params.get("mac", 0))
+        reply = bytearray(frame)
+        reply[0:6] = frame[6:12]
+        reply[6:12] = mac
+        _ARP.pack_into(reply, ETH_HEADER_BYTES, htype, ptype, hlen, plen, ARP_REPLY, mac, tpa, sha, spa)
+        return [(ingress_port, bytes(reply))]
+
+    def _aggregate(
+        self,
+        frame: bytes | bytearray | memoryview,
+        n: int,
+        ingress_port: int,
+        ip: tuple[int, ...],
+        udp: tuple[int, ...],
+    ) -> list[Output]:
+        """Steps 1-9 of docs/protocol.md for a UDP packet to the aggregation port."""
+        # 1. Parse: the header, then as many lanes as a defined size code announces.
+        if n < _LANES_OFFSET:
+            self._drop(_PARSER_ERROR, -1, n)
+            return []
+        b0, job, tsi, pool_index, exp, flags = _AGG.unpack_from(frame, AGG_OFFSET)
+        size = b0 & 0x07
+        lanes = LANES_PER_BLOCK << size if size <= _MAX_SIZE_CODE else 0
+        end = _LANES_OFFSET + lanes * LANE_BYTES
+        if n < end:
+            self._drop(_PARSER_ERROR, job, n)
+            return []
+        # 2. Drop simulator at ingress.
+        if self._t_ingress_loss.entries or self._t_ingress_loss.default is not None:
+            threshold = self._loss_threshold(self._t_ingress_loss, self._ingress_loss, ingress_port)
+            if threshold and self._lost(threshold):
+                self._drop(_SIMULATED_LOSS, job, n)
+                return []
+        # 3. Header checks.
+        if b0 >> 4 != _UPDATE:
+            self._drop(_BAD_MSG_TYPE, job, n)
+            return []
+        if b0 & 0x08 or flags & ~FLAGS_DEFINED:
+            self._drop(_RESERVED_BIT, job, n)
+            return []
+        # 4. Who sent it (also the anti-spoofing check).
+        worker = self._worker(job, ip[8], udp[0])
+        if worker is None:
+            self._drop(_UNKNOWN_WORKER, job, n)
+            return []
+        worker_id, num_workers, pool_base, pool_size, admitted_size, epoch, worker_port = worker
+        # 5. Admission checks.
+        if size != admitted_size:
+            self._drop(_BAD_SIZE, job, n)
+            return []
+        if udp[2] != 8 + HEADER_BYTES + lanes * LANE_BYTES:
+            self._drop(_BAD_LENGTH, job, n)
+            return []
+        slot = pool_index & 0x7FFF
+        slot_set = pool_index >> 15
+        # A pool that runs past the register arrays is a controller error; treat its tail as out of range.
+        if slot >= pool_size or pool_base + slot >= POOL_SLOTS:
+            self._drop(_SLOT_OUT_OF_RANGE, job, n)
+            return []
+        # 6. Read the copy's state; a copy last written under another epoch is fresh.
+        regs = self.registers
+        index = slot_set * POOL_SLOTS + pool_base + slot
+        fresh = regs.epoch.item(index) != epoch
+        if fresh:
+            bitmap = 0
+            count = 0
+        else:
+            bitmap = regs.bitmap.item(index)
+            count = regs.count.item(index)
+        bit = (1 << worker_id) & 0xFFFF_FFFF
+        # 7. Decide.
+        if bitmap & bit:
+            if count:
+                self._drop(_DUPLICATE_PENDING, job, n)
+                return []
+            self._stat(job, _RETRANSMIT_ANSWERED, n)
+            dst = self._result_dst(job, worker_id)
+            if dst is None:
+                return []
+            body = self._result_body(frame, b0, job, tsi, pool_index, index, lanes, end, n)
+            out = self._result_frame(frame, ip, udp[2], dst, body, worker_port, job)
+            return [] if out is None else [out]
+        packet_lanes = np.frombuffer(frame, dtype=LANE_DTYPE, count=lanes, offset=_LANES_OFFSET)
+        if count == 0:
+            if not fresh and tsi == regs.tsi.item(index):
+                self._drop(_STALE, job, n)
+                return []
+            # First contribution of a new round.
+            regs.lanes[index, :lanes] = packet_lanes
+            regs.exp[index] = exp
+            regs.flags[index] = flags
+            regs.tsi[index] = tsi
+            regs.epoch[index] = epoch
+            count = (num_workers - 1) & 0xFF
+        else:
+            if tsi != regs.tsi.item(index):
+                self._drop(_STALE, job, n)
+                return []
+            row = regs.lanes[index, :lanes]
+            np.add(row, packet_lanes, out=row, casting="unsafe")  # int32 wrap-around
+            if exp > regs.exp.item(index):
+                regs.exp[index] = exp
+            if flags:
+                regs.flags[index] |= flags
+            count -= 1
+        regs.count[index] = count
+        regs.bitmap[index] = bitmap | bit
+        other = (1 - slot_set) * POOL_SLOTS + pool_base + slot
+        regs.bitmap[other] &= ~bit & 0xFFFF_FFFF
+        self._stat(job, _AGGREGATED, n)
+        # 8. Complete? Multicast the sum to every worker of the job.
+        if count:
+            return []
+        self._stat(job, _COMPLETED, n)
+        body = self._result_body(frame, b0, job, tsi, pool_index, index, lanes, end, n)
+        outputs = []
+        for port, rid in self._groups.get(JOB_MCAST_GROUP_BASE + job, ()):
+            dst = self._result_dst(job, rid)
+            if dst is None:
+                continue  # no `results` entry for this replica: nothing to address it to
+            out = self._result_frame(frame, ip, udp[2], dst, body, port, job)
+            if out is not None:
+                outputs.append(out)
+        return outputs
+
+    def _result_body(
+        self,
+        frame: bytes | bytearray | memoryview,
+        b0: int,
+        job: int,
+        tsi: int,
+        pool_index: int,
+        index: int,
+        lanes: int,
+        end: int,
+        n: int,
+    ) -> bytes:
+        """The RESULT's aggregation header, lanes (the copy's sum) and any trailing bytes of the frame."""
+        regs = self.registers
+        body = bytearray(end - AGG_OFFSET)
+        _AGG.pack_into(
+            body,
+            0,
+            (_RESULT << 4) | (b0 & 0x0F),
+            job,
+            tsi,
+            pool_index,
+            regs.exp.item(index),
+            regs.flags.item(index),
+        )
+        np.frombuffer(body, dtype=LANE_DTYPE, count=lanes, offset=HEADER_BYTES)[:] = regs.lanes[index, :lanes]
+        if n > end:
+            body += frame[end:n]  # bytes past the parsed headers ride along, as on a hardware target
+        return bytes(body)
+
+    def _result_frame(
+        self,
+        frame: bytes | bytearray | memoryview,
+        ip: tuple[int, ...],
+        udp_length: int,
+        dst: _ResultDst,
+        body: bytes,
+        port: int,
+        job: int,
+    ) -> Output | None:
+        """Step 9 for one RESULT copy: rewrite the addresses, checksum, egress drop simulator."""
+        if self._t_egress_loss.entries or self._t_egress_loss.default is not None:
+            threshold = self._loss_threshold(self._t_egress_loss, self._egress_loss, port)
+            if threshold and self._lost(threshold):
+                self._drop(_SIMULATED_LOSS, job, AGG_OFFSET + len(body))
+                return None
+        dst_mac, dst_addr, dst_port = dst
+        agg = self._agg_src
+        if agg is not None:
+            src_mac, src_addr = agg
+        else:  # no agg_addr configured: the source fields stay as they were, as a P4 target would leave them
+            src_mac, src_addr = bytes(frame[6:12]), ip[8]
+        ver_ihl, tos, total_length, ident, frag, ttl, proto = ip[0:7]
+        checksum = ipv4_checksum_words(
+            (ver_ihl << 8 | tos)
+            + total_length
+            + ident
+            + frag
+            + (ttl << 8 | proto)
+            + (src_addr >> 16)
+            + (src_addr & 0xFFFF)
+            + (dst_addr >> 16)
+            + (dst_addr & 0xFFFF)
+        )
+        headers = _RESULT_HEADERS.pack(
+            dst_mac,
+            src_mac,
+            ETHERTYPE_IPV4,
+            ver_ihl,
+            tos,
+            total_length,
+            ident,
+            frag,
+            ttl,
+            proto,
+            checksum,
+            src_addr,
+            dst_addr,
+            AGG_UDP_PORT,
+            dst_port,
+            udp_length,
+            0,
+        )
+        return (port, headers + body)
