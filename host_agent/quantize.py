@@ -62,11 +62,17 @@ def scale_shift(shared_exps: np.ndarray, num_workers: int) -> np.ndarray:
 def block_exponents(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-block exponent (int8) and non-finite flag (bool) of float32 blocks shaped (m, L)."""
     blocks = _as_blocks(blocks)
-    # max and -min: two reductions and no |x| temporary; NaN propagates through both.
-    maxabs = np.maximum(blocks.max(axis=1), -blocks.min(axis=1)) if blocks.shape[1] else np.zeros(len(blocks))
-    _, exps = np.frexp(maxabs.astype(np.float32, copy=False))
-    nonfinite = ~np.isfinite(maxabs) | (exps >= EXP_OVERFLOW)
-    exps = np.where((maxabs == 0) | nonfinite, EXP_MIN, np.maximum(exps, EXP_MIN))
+    if blocks.shape[1] == 0:
+        return np.full(len(blocks), EXP_MIN, np.int8), np.zeros(len(blocks), bool)
+    # |x| by clearing the sign bit of the IEEE representation: for non-negative floats the integer order is the
+    # float order, and every inf/NaN pattern is >= 0x7F800000. One integer max per row is much cheaper than
+    # float max/min (which must propagate NaN) and needs no |x| temporary in float.
+    magnitude = np.bitwise_and(blocks.view(np.int32), 0x7FFFFFFF)
+    maxbits = magnitude.max(axis=1)
+    nonfinite = maxbits >= 0x7F800000
+    _, exps = np.frexp(np.where(nonfinite, 0, maxbits).astype(np.int32).view(np.float32))
+    nonfinite |= exps >= EXP_OVERFLOW
+    exps = np.where((maxbits == 0) | nonfinite, EXP_MIN, np.maximum(exps, EXP_MIN))
     return exps.astype(np.int8), nonfinite
 
 
@@ -82,26 +88,31 @@ def _factors(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def quantize(
-    blocks: np.ndarray, shared_exps: np.ndarray, num_workers: int, out: np.ndarray | None = None
+    blocks: np.ndarray,
+    shared_exps: np.ndarray,
+    num_workers: int,
+    out: np.ndarray | None = None,
+    *,
+    own: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Quantize float32 blocks (m, L) with the shared per-block exponents into int32 lanes (m, L).
 
-    Non-finite blocks (by their own values) become zeros; the caller sends their flag instead.
+    ``own`` is this worker's ``block_exponents(blocks)`` if the caller already has it. Blocks that are non-finite,
+    or whose own exponent exceeds the shared one (the shared exponent does not cover them: a caller error), become
+    zeros instead of lanes that could make the switch's sum wrap; the caller sends the non-finite flag for them.
     """
     blocks = _as_blocks(blocks)
     shared = np.asarray(shared_exps)
     if shared.shape != (blocks.shape[0],):
         raise QuantizationError(f"{shared.shape} exponents for {blocks.shape[0]} blocks")
+    own_exps, nonfinite = own if own is not None else block_exponents(blocks)
     f1, f2 = _factors(scale_shift(shared, num_workers))
-    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN lanes are handled just below
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN lanes are zeroed just below
         tmp = np.multiply(blocks, f1, dtype=np.float32)
         if f2 is not None:
             np.multiply(tmp, f2, out=tmp)
         np.rint(tmp, out=tmp)
-    # A lane can exceed the bound only if this worker's block was not covered by the shared exponent (inf, NaN,
-    # a caller passing a wrong exponent). Zero such blocks instead of letting the cast produce garbage.
-    bound = np.float32(1 << (_MAG_BITS - headroom_bits(num_workers)))
-    bad = ~(np.abs(tmp).max(axis=1) <= bound) if tmp.shape[1] else np.zeros(len(tmp), bool)
+    bad = nonfinite | (own_exps > shared)
     if bad.any():
         tmp[bad] = 0
     if out is None:

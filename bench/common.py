@@ -1,0 +1,30 @@
+"""Timing helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def best_of(fn: Callable[[], object], repeat: int = 7, min_time: float = 0.2) -> float:
+    """Best per-call wall time of ``fn`` in seconds over ``repeat`` rounds of at least ``min_time`` each."""
+    fn()  # warm caches and allocations
+    best = float("inf")
+    for _ in range(repeat):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                break
+        best = min(best, elapsed / calls)
+    return best
+
+
+def report(name: str, rows: list[tuple[str, str]]) -> None:
+    """Print a small aligned table."""
+    width = max(len(k) for k, _ in rows)
+    print(f"== {name}")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
