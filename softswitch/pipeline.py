@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from typing import Final
 
 import numpy as np
@@ -138,6 +139,7 @@ class Pipeline:
         self._random_next = 0
         self._generation = -1
         self._loaded = False
+        self._lock = threading.Lock()
         #: Frames dropped because the pipeline itself failed on them (a bug; logged once).
         self.internal_errors = 0
         self._refresh()
@@ -146,14 +148,23 @@ class Pipeline:
 
     def reset(self) -> None:
         """Zero all registers (called when a pipeline config is pushed) and drop every cached lookup."""
-        self.registers.reset()
-        self._generation = -1
+        # The lock keeps a packet being processed on the data path thread from writing into freshly zeroed
+        # registers (a stale epoch there could equal one the controller assigns after the push).
+        with self._lock:
+            self.registers.reset()
+            self._generation = -1
 
     def reseed(self, seed: int | None) -> None:
         """Restart the drop simulator's random stream from ``seed``."""
         self._rng = np.random.default_rng(seed)
         self._random = []
         self._random_next = 0
+
+    def agg_source(self) -> tuple[bytes, int] | None:
+        """The switch's aggregation (MAC, IPv4) from ``agg_addr``'s default action; None until it is set."""
+        if self.state.generation != self._generation:
+            self._refresh()
+        return self._agg_src
 
     def _refresh(self) -> None:
         """Rebuild the lookup caches from the state (on every control-plane write)."""
@@ -278,7 +289,8 @@ class Pipeline:
     def process(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
         """Run one frame through the pipeline; return the frames to send. Never raises for any input."""
         try:
-            return self._process(frame, ingress_port)
+            with self._lock:
+                return self._process(frame, ingress_port)
         except Exception:  # a bug here must not stop the switch: log it, count it, drop the frame
             self.internal_errors += 1
             if self.internal_errors == 1:

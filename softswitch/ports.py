@@ -1,0 +1,339 @@
+"""Packet I/O of the software switch: raw Ethernet ports (AF_PACKET) or one UDP endpoint.
+
+Both kinds expose the same small interface to the switch loop (``PortIO``): the file descriptors to poll,
+``receive(fd, handler)`` that drains one socket and hands each frame to the pipeline, and ``send(port, frame)``.
+
+``AfPacketPorts`` binds one raw socket per ``PORT@IFACE``, like simple_switch_grpc's ``-i``.
+``UdpPorts`` makes the switch a UDP endpoint so that workers on one machine need neither root nor interfaces:
+each datagram is wrapped in synthesized Ethernet/IPv4/UDP headers as if it had arrived on switch port
+``UDP_PORT_NUMBER`` from its sender, and RESULT frames leaving on that port are sent back with ``sendto()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from netagg.constants import AGG_UDP_PORT, PORT_BITS
+from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, IPV4_HEADER_BYTES, UDP_HEADER_BYTES
+
+log = logging.getLogger(__name__)
+
+#: Called with each received frame (valid only during the call) and its ingress port.
+FrameHandler = Callable[[memoryview, int], None]
+
+ETH_P_ALL: Final = 0x0003
+SOL_PACKET: Final = 263
+PACKET_ADD_MEMBERSHIP: Final = 1
+PACKET_MR_PROMISC: Final = 1
+#: Linux >= 4.20: do not deliver frames this host sends out of the interface (our own transmissions).
+PACKET_IGNORE_OUTGOING: Final = 23
+#: sll_pkttype of frames the host transmitted (the fallback filter when PACKET_IGNORE_OUTGOING is missing).
+PACKET_OUTGOING: Final = 4
+
+#: The switch port number UDP-mode datagrams arrive on and RESULTs must leave by.
+UDP_PORT_NUMBER: Final = 1
+#: Address ``--udp`` binds when given no HOST:PORT.
+DEFAULT_UDP_ADDRESS: Final = ("127.0.0.1", AGG_UDP_PORT)
+
+#: Largest frame read from a socket (GRO can hand raw sockets frames above the MTU; they are still read whole).
+RECV_BUFFER_BYTES: Final = 65536 + AGG_OFFSET
+#: Frames drained from one socket before the loop looks at the others (fairness between ports).
+RECV_BUDGET: Final = 64
+SOCKET_BUFFER_BYTES: Final = 4 << 20
+
+_IPV4_UDP = struct.Struct("!BBHHHBBHII" "HHHH")
+_MAX_PORT: Final = (1 << PORT_BITS) - 1
+
+
+class PortError(OSError):
+    """A port could not be opened or configured (names the port and the interface or address)."""
+
+
+@dataclass
+class PortStats:
+    """Frames the I/O layer moved or lost (the pipeline's own drops are in its counters)."""
+
+    rx: int = 0
+    tx: int = 0
+    #: Frames for a port that does not exist (or, in UDP mode, that cannot be sent as a datagram).
+    tx_unroutable: int = 0
+    #: Sends the kernel refused (full buffers, frame too big, no route).
+    tx_errors: int = 0
+
+
+class PortIO:
+    """The interface the switch loop drives; subclasses own the sockets."""
+
+    def __init__(self) -> None:
+        self.stats = PortStats()
+
+    def fds(self) -> list[int]:
+        """File descriptors to poll for input."""
+        raise NotImplementedError
+
+    def receive(self, fd: int, handler: FrameHandler, budget: int = RECV_BUDGET) -> int:
+        """Read up to ``budget`` frames from ``fd`` without blocking; return how many were handled."""
+        raise NotImplementedError
+
+    def send(self, port: int, frame: bytes) -> None:
+        """Transmit ``frame`` on switch port ``port``; failures are counted, never raised."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the readiness message."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> PortIO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_port_spec(spec: str) -> tuple[int, str]:
+    """``PORT@IFACE`` -> (port, iface), with a clear error for anything else."""
+    port_text, sep, iface = spec.partition("@")
+    if not sep or not iface or not port_text.isdigit():
+        raise ValueError(f"interface {spec!r} must be PORT@IFACE, e.g. 1@veth0")
+    port = int(port_text)
+    if not 0 <= port <= _MAX_PORT:
+        raise ValueError(f"port {port} in {spec!r} does not fit in {PORT_BITS} bits (0..{_MAX_PORT})")
+    if len(iface) > 15:
+        raise ValueError(f"interface name {iface!r} in {spec!r} is longer than 15 bytes")
+    return port, iface
+
+
+class AfPacketPorts(PortIO):
+    """One raw AF_PACKET socket per switch port, bound to its interface."""
+
+    def __init__(self, interfaces: dict[int, str]) -> None:
+        super().__init__()
+        if not interfaces:
+            raise ValueError("no interfaces given")
+        ifaces = list(interfaces.values())
+        duplicates = {i for i in ifaces if ifaces.count(i) > 1}
+        if duplicates:
+            raise ValueError(f"interfaces bound to more than one port: {sorted(duplicates)}")
+        self.interfaces = dict(interfaces)
+        self._sockets: dict[int, socket.socket] = {}
+        self._port_of_fd: dict[int, int] = {}
+        self._filter_outgoing: dict[int, bool] = {}
+        self._buffer = bytearray(RECV_BUFFER_BYTES)
+        self._view = memoryview(self._buffer)
+        try:
+            for port, iface in sorted(self.interfaces.items()):
+                self._open(port, iface)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, port: int, iface: str) -> None:
+        try:
+            # Protocol 0 until bound: a socket created with ETH_P_ALL would see every interface's traffic
+            # in the window before bind().
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except PermissionError as exc:
+            raise PortError(exc.errno, f"port {port}@{iface}: raw sockets need root or CAP_NET_RAW") from None
+        try:
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                filter_outgoing = False
+            except OSError:  # kernel older than 4.20: filter by packet type on receive instead
+                filter_outgoing = True
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+            sock.bind((iface, ETH_P_ALL))
+            # Promiscuous for as long as the socket lives: a switch port receives frames for any MAC.
+            ifindex = socket.if_nametoindex(iface)
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b""))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise PortError(exc.errno, f"port {port}@{iface}: {exc.strerror or exc}") from None
+        self._sockets[port] = sock
+        self._port_of_fd[sock.fileno()] = port
+        self._filter_outgoing[sock.fileno()] = filter_outgoing
+
+    def fds(self) -> list[int]:
+        return list(self._port_of_fd)
+
+    def receive(self, fd: int, handler: FrameHandler, budget: int = RECV_BUDGET) -> int:
+        port = self._port_of_fd[fd]
+        sock = self._sockets[port]
+        view = self._view
+        if self._filter_outgoing[fd]:
+            return self._receive_filtered(sock, port, handler, budget)
+        handled = 0
+        recv_into = sock.recv_into
+        while handled < budget:
+            try:
+                n = recv_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ENETDOWN while the interface flaps: nothing to read now
+                log.debug("port %d: receive failed: %s", port, exc)
+                break
+            handled += 1
+            handler(view[:n], port)
+        self.stats.rx += handled
+        return handled
+
+    def _receive_filtered(self, sock: socket.socket, port: int, handler: FrameHandler, budget: int) -> int:
+        handled = 0
+        while handled < budget:
+            try:
+                n, address = sock.recvfrom_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.debug("port %d: receive failed: %s", port, exc)
+                break
+            if address[2] == PACKET_OUTGOING:
+                continue
+            handled += 1
+            handler(self._view[:n], port)
+        self.stats.rx += handled
+        return handled
+
+    def send(self, port: int, frame: bytes) -> None:
+        sock = self._sockets.get(port)
+        if sock is None:
+            self.stats.tx_unroutable += 1
+            return
+        try:
+            sock.send(frame)
+        except OSError as exc:
+            self.stats.tx_errors += 1
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                log.debug("port %d: send of %d bytes failed: %s", port, len(frame), exc)
+            return
+        self.stats.tx += 1
+
+    def describe(self) -> str:
+        return "ports " + ", ".join(f"{p}@{i}" for p, i in sorted(self.interfaces.items()))
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        self._port_of_fd.clear()
+
+
+def parse_udp_address(text: str | None) -> tuple[str, int]:
+    """``HOST:PORT`` (or None for the default) -> (IPv4 address, port)."""
+    if text is None or text == "":
+        return DEFAULT_UDP_ADDRESS
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"UDP address {text!r} must be HOST:PORT (port 0: any free port)")
+    try:
+        host = socket.gethostbyname(host or "0.0.0.0")
+    except OSError as exc:
+        raise ValueError(f"UDP address {text!r}: cannot resolve {host!r}: {exc}") from None
+    return host, int(port_text)
+
+
+#: Returns the switch's aggregation (MAC, IPv4) as the pipeline knows it, or None before it is configured.
+AddressSource = Callable[[], "tuple[bytes, int] | None"]
+
+
+class UdpPorts(PortIO):
+    """The switch as a UDP endpoint: port ``UDP_PORT_NUMBER`` is the socket; no other port exists."""
+
+    def __init__(self, address: tuple[str, int], agg_address: AddressSource) -> None:
+        super().__init__()
+        self._agg_address = agg_address
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+            self._sock.bind(address)
+            self._sock.setblocking(False)
+        except OSError as exc:
+            self._sock.close()
+            raise PortError(exc.errno, f"UDP {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+        self.address: tuple[str, int] = self._sock.getsockname()
+        self._buffer = bytearray(RECV_BUFFER_BYTES)
+        self._view = memoryview(self._buffer)
+        self._payload = self._view[AGG_OFFSET:]
+        # Synthesized headers: EtherType IPv4, IPv4 without options (TTL 64, UDP), UDP checksum 0. The
+        # pipeline never verifies checksums, so the IPv4 checksum of these headers is left 0.
+        self._buffer[12:14] = b"\x08\x00"
+        self._addresses: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+        self._current_agg: tuple[bytes, int] | None = None
+        self._set_destination((bytes(6), 0))
+
+    def _set_destination(self, agg: tuple[bytes, int]) -> None:
+        self._current_agg = agg
+        self._buffer[0:6] = agg[0]
+
+    def fds(self) -> list[int]:
+        return [self._sock.fileno()]
+
+    def receive(self, fd: int, handler: FrameHandler, budget: int = RECV_BUDGET) -> int:
+        buffer = self._buffer
+        view = self._view
+        payload = self._payload
+        pack_into = _IPV4_UDP.pack_into
+        addresses = self._addresses
+        recvfrom_into = self._sock.recvfrom_into
+        agg = self._agg_address() or (bytes(6), 0)
+        if agg != self._current_agg:
+            self._set_destination(agg)
+        agg_ip = agg[1]
+        handled = 0
+        while handled < budget:
+            try:
+                n, (host, sport) = recvfrom_into(payload)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ECONNREFUSED from an earlier send's ICMP error: serve on next poll
+                log.debug("UDP receive failed: %s", exc)
+                break
+            src = addresses.get(host)
+            if src is None:
+                src = addresses[host] = int.from_bytes(socket.inet_aton(host), "big")
+            pack_into(
+                buffer, ETH_HEADER_BYTES,
+                0x45, 0, IPV4_HEADER_BYTES + UDP_HEADER_BYTES + n, 0, 0, 64, socket.IPPROTO_UDP, 0, src, agg_ip,
+                sport, AGG_UDP_PORT, UDP_HEADER_BYTES + n, 0,
+            )  # fmt: skip
+            handled += 1
+            handler(view[: AGG_OFFSET + n], UDP_PORT_NUMBER)
+        self.stats.rx += handled
+        return handled
+
+    def send(self, port: int, frame: bytes) -> None:
+        if port != UDP_PORT_NUMBER or len(frame) < AGG_OFFSET or frame[12:14] != b"\x08\x00" or frame[14] != 0x45 \
+                or frame[23] != socket.IPPROTO_UDP:
+            self.stats.tx_unroutable += 1
+            return
+        dst = int.from_bytes(frame[30:34], "big")
+        dport, udp_length = struct.unpack_from("!2xHH", frame, 34)
+        host = self._names.get(dst)
+        if host is None:
+            host = self._names[dst] = socket.inet_ntoa(frame[30:34])
+        try:
+            datagram = memoryview(frame)[AGG_OFFSET : ETH_HEADER_BYTES + IPV4_HEADER_BYTES + udp_length]
+            self._sock.sendto(datagram, (host, dport))
+        except OSError as exc:
+            self.stats.tx_errors += 1
+            log.debug("UDP send to %s:%d failed: %s", host, dport, exc)
+            return
+        self.stats.tx += 1
+
+    def describe(self) -> str:
+        return f"UDP {self.address[0]}:{self.address[1]} as port {UDP_PORT_NUMBER}"
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,127 @@
+"""The software switch: pipeline + ports + P4Runtime server, started and stopped together.
+
+``SoftSwitch.start()`` opens nothing itself (the ports are opened by whoever builds them), starts the control
+plane server if there is one and then the data path thread, which polls the ports and runs every received frame
+through the pipeline. ``stop()`` wakes that thread, waits for it with a deadline and stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from typing import Final, Protocol
+
+from .pipeline import Pipeline
+from .ports import PortIO
+from .state import SwitchState
+
+log = logging.getLogger(__name__)
+
+#: How long stop() waits for the data path thread.
+STOP_TIMEOUT_S: Final = 5.0
+#: Upper bound of one poll (stop() wakes the loop at once through a pipe; this is only a safety net).
+POLL_TIMEOUT_MS: Final = 1000
+
+
+class ControlServer(Protocol):
+    """What the switch needs from its P4Runtime server."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class SoftSwitch:
+    """One running software switch.
+
+    ``server`` is optional so the data path can run alone (tests, benchmarks), with tables written directly into
+    ``pipeline.state``.
+    """
+
+    def __init__(self, pipeline: Pipeline, ports: PortIO, server: ControlServer | None = None) -> None:
+        self.pipeline = pipeline
+        self.ports = ports
+        self.server = server
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()
+        self._closed = False
+        self.error: BaseException | None = None
+
+    @property
+    def state(self) -> SwitchState:
+        return self.pipeline.state
+
+    def start(self) -> None:
+        """Start the control plane server, then the data path; return once both are running."""
+        if self._thread is not None:
+            raise RuntimeError("switch already started")
+        if self.server is not None:
+            self.server.start()
+        self._thread = threading.Thread(target=self._run, name="softswitch-datapath", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the data path and the server, close the ports; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(STOP_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("data path thread did not stop within %.0f s", STOP_TIMEOUT_S)
+        if self.server is not None:
+            self.server.stop()
+        self.ports.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> SoftSwitch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # reported by the CLI, which exits non-zero
+            self.error = exc
+            log.exception("data path failed")
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        for fd in self.ports.fds():
+            poller.register(fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        receive = self.ports.receive
+        send = self.ports.send
+        process = self.pipeline.process
+        wake = self._wake_read
+
+        def handle(frame: memoryview, ingress_port: int) -> None:
+            for egress_port, out in process(frame, ingress_port):
+                send(egress_port, out)
+
+        while not self._stopping.is_set():
+            for fd, events in poller.poll(POLL_TIMEOUT_MS):
+                if fd == wake:
+                    continue  # stop() wrote to the pipe; the loop condition ends us
+                if events & select.POLLNVAL:
+                    poller.unregister(fd)
+                    log.error("port socket %d was closed under the data path; it is no longer served", fd)
+                    continue
+                # POLLERR too: reading consumes the socket error (e.g. ENETDOWN while a link flaps).
+                receive(fd, handle)
