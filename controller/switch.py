@@ -1,0 +1,377 @@
+"""The switch layer: one P4Runtime switch, kept programmed with the static state and the current jobs.
+
+finsy provides the encoding, the P4Info schema, the entities and the gRPC client; this module adds the
+lifecycle. At start it pushes the pipeline unconditionally (that zeroes every register, so the controller's
+per-slot epoch record, which starts empty, is true). Later, whenever finsy (re)connects and becomes primary --
+after a dropped connection or a switch restart -- its ready handler re-installs everything: finsy first pushes
+the pipeline only if the switch does not already run it (cookie check), then ``_reinstall`` inserts the static
+state and every current job, turning ALREADY_EXISTS into MODIFY, so it is right in both cases.
+
+finsy runs on asyncio in a thread of its own; the rest of the controller is threaded and calls the blocking
+methods here. Every P4Runtime failure leaves this module as a ``SwitchError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from finsy import (
+    GRPCStatusCode,
+    P4ClientError,
+    P4CounterEntry,
+    P4MulticastGroupEntry,
+    P4Schema,
+    P4TableAction,
+    P4TableEntry,
+    Switch,
+    SwitchEvent,
+    SwitchOptions,
+)
+
+from .entries import Entity, agg_addr_default, job_entries, job_keys, static_entries
+from .errors import ConfigError, SwitchError, SwitchUnavailable, UpdateFailure
+from .jobs import Job
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: Every P4Info name the controller uses, by kind (docs/protocol.md, "P4Info names").
+REQUIRED_TABLES = ("workers", "results", "agg_addr", "l2_forward", "arp_reply", "ingress_loss", "egress_loss")
+REQUIRED_COUNTERS = ("drops", "job_drops", "job_stats")
+
+
+def check_p4info(schema: P4Schema) -> None:
+    """Fail early, naming what is missing, if the P4Info lacks a table or counter the controller uses."""
+    missing = [f"table {t}" for t in REQUIRED_TABLES if schema.tables.get(t) is None]
+    missing += [f"counter {c}" for c in REQUIRED_COUNTERS if schema.counters.get(c) is None]
+    if missing:
+        raise ConfigError(f"the P4Info lacks {', '.join(missing)} (see docs/protocol.md)")
+
+
+def resolve_actions(entities: Iterable[Entity], schema: P4Schema) -> list[Entity]:
+    """Rewrite action names to the name the P4Info knows them by within their table.
+
+    The contract names ``set_loss`` for both ``ingress_loss`` and ``egress_loss``; a compiler may qualify the two
+    actions (``Ingress.set_loss``) because their short names clash. Look the name up among the table's actions.
+    """
+    out = []
+    for entity in entities:
+        if isinstance(entity, P4TableEntry) and isinstance(entity.action, P4TableAction):
+            table = schema.tables[entity.table_id]
+            name = entity.action.name
+            if table.actions.get(name) is None:
+                matches = [ref.alias for ref in table.actions if ref.name.endswith("." + name)
+                           or ref.alias.endswith("." + name)]
+                if len(matches) != 1:
+                    raise ConfigError(f"table {entity.table_id} has no single action named {name} in the P4Info")
+                entity.action.name = matches[0]
+        out.append(entity)
+    return out
+
+
+def describe(entity: Entity) -> str:
+    """Short human-readable form of an entity for error messages."""
+    if isinstance(entity, P4TableEntry):
+        match = dict(entity.match) if entity.match else {}
+        text = f"table {entity.table_id} {match}"
+        if isinstance(entity.action, P4TableAction):
+            text += f" -> {entity.action.name}{entity.action.args}"
+        return text
+    if isinstance(entity, P4MulticastGroupEntry):
+        return f"multicast group {entity.multicast_group_id}"
+    return repr(entity)
+
+
+def translate(ex: P4ClientError, operation: str, entities: Sequence[Entity] = ()) -> SwitchError:
+    """The one place a finsy/gRPC error becomes a SwitchError."""
+    details = [
+        UpdateFailure(
+            index,
+            GRPCStatusCode(err.canonical_code).name,
+            err.message,
+            describe(entities[index]) if index < len(entities) else "?",
+        )
+        for index, err in sorted(ex.details.items())
+    ]
+    return SwitchError(operation, ex.code.name, ex.message, details)
+
+
+class SwitchConnection:
+    """A programmed P4Runtime switch; implements the application layer's ``JobProgrammer``."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        p4info: Path,
+        p4blob: Path,
+        *,
+        name: str = "netagg",
+        call_timeout: float = 30.0,
+    ) -> None:
+        self.topology = topology
+        self._p4info = Path(p4info)
+        self._p4blob = Path(p4blob)
+        for path in (self._p4info, self._p4blob):
+            if not path.is_file():
+                raise ConfigError(f"pipeline artifact {path} does not exist")
+        self._name = name
+        self._call_timeout = call_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._switch: Switch | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None  # serialises writes: job installs, removals, re-installs
+        self._ready = threading.Event()
+        self._ready_count = 0
+        self._jobs: dict[int, Job] = {}  # what the switch must hold, by job id
+        self._pending_deletes: list[Job] = []  # removed while the switch was unreachable
+        self._generation = 0  # +1 each time the switch was found empty (registers and counters zeroed)
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Connect, push the pipeline, install the static state; raises SwitchUnavailable after ``timeout``."""
+        schema = P4Schema(self._p4info, self._p4blob)
+        check_p4info(schema)
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="netagg-p4runtime", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._start(timeout), timeout + self._call_timeout)
+            if not self._ready.wait(max(timeout, 1.0)):
+                raise SwitchUnavailable(f"switch {self.topology.address} did not become ready within {timeout:g} s")
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _start(self, timeout: float) -> None:
+        self._lock = asyncio.Lock()
+        options = SwitchOptions(
+            p4info=self._p4info,
+            p4blob=self._p4blob,
+            device_id=self.topology.device_id,
+            initial_election_id=self.topology.election_id,
+        )
+        deadline = time.monotonic() + timeout
+        # A one-off session that always pushes the pipeline: the switch may still hold registers written under
+        # epochs of a previous controller, which this one cannot know.
+        while True:
+            try:
+                async with Switch(self._name, self.topology.address, options(p4force=True)):
+                    break
+            except P4ClientError as ex:
+                if time.monotonic() > deadline:
+                    raise SwitchUnavailable(
+                        f"cannot push the pipeline to {self.topology.address} within {timeout:g} s: "
+                        f"{ex.code.name}: {ex.message}"
+                    ) from None
+                log.info("switch %s not reachable yet (%s); retrying", self.topology.address, ex.code.name)
+                await asyncio.sleep(0.2)
+        self._generation += 1
+        switch = Switch(self._name, self.topology.address, options(ready_handler=self._on_ready))
+        switch.ee.on(SwitchEvent.CHANNEL_DOWN, self._on_down)
+        self._switch = switch
+        self._run_task = asyncio.create_task(switch.run())
+
+    def stop(self) -> None:
+        """Close the connection and the loop thread (the switch keeps its state)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if self._run_task is not None:
+            task = self._run_task
+
+            async def cancel() -> None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+            try:
+                asyncio.run_coroutine_threadsafe(cancel(), loop).result(10.0)
+            except concurrent.futures.TimeoutError:
+                log.warning("P4Runtime client did not stop within 10 s")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = self._run_task = self._switch = None
+        self._ready.clear()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def ready_count(self) -> int:
+        """How many times the switch has been (re)programmed after becoming ready."""
+        return self._ready_count
+
+    @property
+    def pipeline_generation(self) -> int:
+        """Changes whenever the switch's registers and counters were found reset (pipeline pushed)."""
+        return self._generation
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self._ready.wait(timeout):
+            raise SwitchUnavailable(f"switch {self.topology.address} not ready within {timeout:g} s")
+
+    # --- finsy callbacks (on the loop thread) ----------------------------------------------------------------
+
+    def _on_down(self, _switch: Switch) -> None:
+        self._ready.clear()
+        log.warning("P4Runtime connection to %s is down; will re-install on reconnect", self.topology.address)
+
+    async def _on_ready(self, switch: Switch) -> None:
+        if not switch.is_primary:
+            self._ready.clear()
+            log.error("another controller is primary on %s; not programming the switch", self.topology.address)
+            return
+        assert self._lock is not None
+        async with self._lock:
+            fresh = await self._reinstall(switch)
+            if fresh:
+                self._generation += 1
+            self._ready_count += 1
+            self._ready.set()
+        log.info(
+            "switch %s programmed (%s): static state and %d job(s)",
+            self.topology.address, "was empty" if fresh else "reconciled", len(self._jobs),
+        )
+
+    async def _reinstall(self, switch: Switch) -> bool:
+        """Bring the switch to the wanted state; returns True if it held none of it (a fresh pipeline)."""
+        for job in self._pending_deletes:
+            await self._delete(switch, job_keys(job))
+        self._pending_deletes.clear()
+        entities: list[Entity] = static_entries(self.topology)
+        for job in self._jobs.values():
+            entities += job_entries(job)
+        fresh = await self._upsert(switch, entities)
+        await self._modify(switch, [agg_addr_default(self.topology)])
+        return fresh
+
+    # --- writes ----------------------------------------------------------------------------------------------
+
+    async def _upsert(self, switch: Switch, entities: list[Entity]) -> bool:
+        """INSERT all; MODIFY those that already exist. Returns True if none existed."""
+        entities = resolve_actions(entities, switch.p4info)
+        try:
+            await switch.insert(entities)
+            return True
+        except P4ClientError as ex:
+            existing = [i for i, e in ex.details.items() if e.canonical_code == GRPCStatusCode.ALREADY_EXISTS]
+            if not ex.details or len(existing) != len(ex.details):
+                raise translate(ex, "insert", entities) from None
+        await self._modify(switch, [entities[i] for i in sorted(existing)])
+        return False
+
+    async def _modify(self, switch: Switch, entities: list[Entity]) -> None:
+        entities = resolve_actions(entities, switch.p4info)
+        try:
+            await switch.modify(entities)
+        except P4ClientError as ex:
+            raise translate(ex, "modify", entities) from None
+
+    async def _insert(self, switch: Switch, entities: list[Entity]) -> None:
+        entities = resolve_actions(entities, switch.p4info)
+        try:
+            await switch.insert(entities)
+        except P4ClientError as ex:
+            raise translate(ex, "insert", entities) from None
+
+    async def _delete(self, switch: Switch, entities: list[Entity]) -> None:
+        """DELETE, ignoring entries that are already gone."""
+        try:
+            await switch.delete(entities, strict=False)
+        except P4ClientError as ex:
+            raise translate(ex, "delete", entities) from None
+
+    def _connected(self) -> Switch:
+        if self._switch is None or not self._ready.is_set():
+            raise SwitchUnavailable(f"no ready P4Runtime connection to {self.topology.address}")
+        return self._switch
+
+    # --- JobProgrammer ---------------------------------------------------------------------------------------
+
+    def install_job(self, job: Job) -> None:
+        self._call(self._install_job(job))
+
+    async def _install_job(self, job: Job) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            switch = self._connected()
+            if self._pending_deletes:
+                for old in self._pending_deletes:
+                    await self._delete(switch, job_keys(old))
+                self._pending_deletes.clear()
+            try:
+                await self._insert(switch, job_entries(job))
+            except SwitchError:
+                # Take back whatever part of the job got in, so the job id can be reused later.
+                try:
+                    await self._delete(switch, job_keys(job))
+                except SwitchError:
+                    self._pending_deletes.append(job)
+                raise
+            self._jobs[job.job_id] = job
+
+    def remove_job(self, job: Job) -> None:
+        try:
+            self._call(self._remove_job(job))
+        except SwitchError as ex:
+            log.warning("could not delete job %r from the switch now (%s); will retry", job.name, ex)
+
+    async def _remove_job(self, job: Job) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            self._jobs.pop(job.job_id, None)
+            try:
+                await self._delete(self._connected(), job_keys(job))
+            except SwitchError:
+                self._pending_deletes.append(job)
+                raise
+
+    # --- counters --------------------------------------------------------------------------------------------
+
+    def read_counter(self, name: str, indices: Sequence[int] | None = None) -> dict[int, tuple[int, int]]:
+        """index -> (packets, bytes) of a counter array: all of it, or only ``indices``."""
+        return self._call(self._read_counter(name, indices))
+
+    async def _read_counter(self, name: str, indices: Sequence[int] | None) -> dict[int, tuple[int, int]]:
+        switch = self._connected()
+        if indices is None:
+            query: list[P4CounterEntry] = [P4CounterEntry(name)]
+        else:
+            query = [P4CounterEntry(name, index=i) for i in indices]
+        values: dict[int, tuple[int, int]] = {}
+        try:
+            async for entry in switch.read(query):
+                if entry.index is not None:
+                    values[entry.index] = (entry.packet_count, entry.byte_count)
+        except P4ClientError as ex:
+            raise translate(ex, f"read counter {name}") from None
+        return values
+
+    # --- the bridge from threads to the loop -----------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise SwitchUnavailable("the P4Runtime client is not running")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        timeout = self._call_timeout if timeout is None else timeout
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise SwitchError("P4Runtime request", "DEADLINE_EXCEEDED", f"no answer within {timeout:g} s") from None

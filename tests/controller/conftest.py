@@ -1,0 +1,349 @@
+"""Fixtures for the controller tests: a P4Info, a fake in-process P4Runtime server, topologies.
+
+The fake server implements just enough of P4Runtime for the controller: arbitration, capabilities,
+Get/SetForwardingPipelineConfig (with the cookie), Write (recording every WriteRequest, keeping a store so
+duplicate INSERTs and missing DELETEs fail per update like a real switch), and Read of counters (values set by the
+test) and table entries. Writes are described by P4Info *names*, so assertions never depend on numeric ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from finsy import P4Schema
+from finsy.proto import p4i, p4r, p4r_grpc, rpc_code, rpc_status
+from google.protobuf import any_pb2, text_format
+
+from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS
+from netagg.controller.topology import Topology, parse_topology
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED_P4INFO = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
+COMMITTED_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
+
+# --- a P4Info following the contract table of docs/protocol.md -----------------------------------------------
+
+_TABLES = [
+    # (name, [(key, bits)], [actions], default action)
+    ("Ingress.workers", [("job", 8), ("src_addr", 32), ("src_port", 16)], ["set_worker", "NoAction"], "NoAction"),
+    ("Egress.results", [("job", 8), ("worker_id", 8)], ["set_result_dst", "NoAction"], "NoAction"),
+    ("Egress.agg_addr", [], ["set_agg_addr"], "set_agg_addr"),
+    ("Ingress.l2_forward", [("dst_addr", 48)], ["forward", "flood"], "flood"),
+    ("Ingress.arp_reply", [("target_addr", 32)], ["reply_arp", "NoAction"], "NoAction"),
+    ("Ingress.ingress_loss", [("port", 9)], ["Ingress.set_loss", "NoAction"], "NoAction"),
+    ("Egress.egress_loss", [("port", 9)], ["Egress.set_loss", "NoAction"], "NoAction"),
+]
+_ACTIONS = {
+    "NoAction": [],
+    "set_worker": [("worker_id", 8), ("num_workers", 8), ("pool_base", 16), ("pool_size", 16), ("size", 8),
+                   ("epoch", 16), ("port", 9)],
+    "set_result_dst": [("mac", 48), ("addr", 32), ("port", 16)],
+    "set_agg_addr": [("mac", 48), ("addr", 32)],
+    "forward": [("port", 9)],
+    "flood": [],
+    "reply_arp": [("mac", 48)],
+    # Two actions whose short names clash, as a compiler produces for set_loss in ingress and egress.
+    "Ingress.set_loss": [("threshold", 32)],
+    "Egress.set_loss": [("threshold", 32)],
+}
+_COUNTERS = [("drops", NUM_DROP_REASONS), ("job_drops", MAX_JOBS * NUM_DROP_REASONS),
+             ("job_stats", MAX_JOBS * NUM_JOB_STATS)]
+
+
+def contract_p4info() -> p4i.P4Info:
+    info = p4i.P4Info()
+    action_ids = {}
+    for i, (name, params) in enumerate(_ACTIONS.items()):
+        action = info.actions.add()
+        action.preamble.id = (0x01 << 24) | (i + 1)
+        action.preamble.name = name
+        action.preamble.alias = name
+        action_ids[name] = action.preamble.id
+        for j, (pname, bits) in enumerate(params):
+            param = action.params.add()
+            param.id, param.name, param.bitwidth = j + 1, pname, bits
+    for i, (name, keys, actions, default) in enumerate(_TABLES):
+        table = info.tables.add()
+        table.preamble.id = (0x02 << 24) | (i + 1)
+        table.preamble.name = name
+        table.preamble.alias = name.split(".")[-1]
+        for j, (kname, bits) in enumerate(keys):
+            field = table.match_fields.add()
+            field.id, field.name, field.bitwidth = j + 1, kname, bits
+            field.match_type = p4i.MatchField.EXACT
+        for action in actions:
+            table.action_refs.add().id = action_ids[action]
+        table.size = 1024
+    for i, (name, size) in enumerate(_COUNTERS):
+        counter = info.counters.add()
+        counter.preamble.id = (0x12 << 24) | (i + 1)
+        counter.preamble.name = f"Ingress.{name}"
+        counter.preamble.alias = name
+        counter.spec.unit = p4i.CounterSpec.BOTH
+        counter.size = size
+    return info
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(P4Info, BMv2 JSON): the committed artifacts when present, else the contract P4Info and a stand-in JSON."""
+    if COMMITTED_P4INFO.is_file() and COMMITTED_JSON.is_file():
+        return COMMITTED_P4INFO, COMMITTED_JSON
+    folder = tmp_path_factory.mktemp("pipeline")
+    p4info = folder / "netagg.p4info.txtpb"
+    p4info.write_text(text_format.MessageToString(contract_p4info()))
+    blob = folder / "netagg.json"
+    blob.write_text('{"program": "stand-in for the BMv2 JSON"}\n')
+    return p4info, blob
+
+
+@pytest.fixture(scope="session")
+def schema(pipeline: tuple[Path, Path]) -> P4Schema:
+    return P4Schema(pipeline[0], pipeline[1])
+
+
+# --- describing writes by name ---------------------------------------------------------------------------------
+
+_UPDATE_TYPES = {p4r.Update.INSERT: "INSERT", p4r.Update.MODIFY: "MODIFY", p4r.Update.DELETE: "DELETE"}
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def describe_update(update: p4r.Update, schema: P4Schema) -> tuple[Any, ...]:
+    """An update as (type, kind, name, key dict, action name, params dict), names resolved through the P4Info."""
+    kind = _UPDATE_TYPES[update.type]
+    entity = update.entity
+    if entity.HasField("table_entry"):
+        te = entity.table_entry
+        table = schema.tables[te.table_id]
+        key = {}
+        for m in te.match:
+            key[table.match_fields[m.field_id].name] = int.from_bytes(m.exact.value, "big")
+        action_name, params = None, {}
+        if te.HasField("action"):
+            action = schema.actions[te.action.action.action_id]
+            action_name = _short(action.name)
+            params = {action.params[p.param_id].name: int.from_bytes(p.value, "big") for p in te.action.action.params}
+        name = table.alias if not te.is_default_action else table.alias + "(default)"
+        return (kind, "table", name, key, action_name, params)
+    if entity.HasField("packet_replication_engine_entry"):
+        group = entity.packet_replication_engine_entry.multicast_group_entry
+        replicas = sorted(
+            (int.from_bytes(r.port, "big") if r.HasField("port") else r.egress_port, r.instance)
+            for r in group.replicas
+        )
+        return (kind, "mcast", group.multicast_group_id, replicas)
+    raise AssertionError(f"unexpected entity {entity}")
+
+
+# --- the fake server -----------------------------------------------------------------------------------------
+
+
+def _entity_key(entity: p4r.Entity) -> bytes:
+    """What identifies an entity on the switch (table + match, or group id)."""
+    if entity.HasField("table_entry"):
+        te = p4r.TableEntry()
+        te.CopyFrom(entity.table_entry)
+        te.ClearField("action")
+        return b"T" + te.SerializeToString(deterministic=True)
+    group = entity.packet_replication_engine_entry.multicast_group_entry
+    return b"M" + group.multicast_group_id.to_bytes(4, "big")
+
+
+class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
+    """In-process P4Runtime server on 127.0.0.1 (port 0 picks a free port; a restart may reuse it)."""
+
+    def __init__(self, port: int = 0, api_version: str = "1.3.0") -> None:
+        self._lock = threading.Condition()
+        self.api_version = api_version
+        self.writes: list[p4r.WriteRequest] = []
+        self.entities: dict[bytes, p4r.Entity] = {}
+        self.defaults: dict[int, p4r.TableEntry] = {}
+        self.counters: dict[tuple[int, int], tuple[int, int]] = {}  # (counter id, index) -> (packets, bytes)
+        self.config: p4r.ForwardingPipelineConfig | None = None
+        self.pipeline_pushes = 0
+        self.fail_writes_with: int | None = None  # a gRPC code every update fails with, when set
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        p4r_grpc.add_P4RuntimeServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.address = f"127.0.0.1:{self.port}"
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait(5)
+
+    # -- helpers for tests --
+
+    def updates(self, schema: P4Schema, start: int = 0) -> list[tuple[Any, ...]]:
+        """Every update written since write request ``start``, described by name."""
+        with self._lock:
+            return [describe_update(u, schema) for w in self.writes[start:] for u in w.updates]
+
+    def write_count(self) -> int:
+        with self._lock:
+            return len(self.writes)
+
+    def wait_writes(self, count: int, timeout: float = 10.0) -> None:
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self.writes) >= count, timeout):
+                raise AssertionError(f"fake switch got {len(self.writes)} write requests, expected {count}")
+
+    def set_counter(self, schema: P4Schema, name: str, index: int, packets: int, nbytes: int = 0) -> None:
+        with self._lock:
+            self.counters[(schema.counters[name].id, index)] = (packets, nbytes)
+
+    def table_entries(self, schema: P4Schema, table: str) -> list[p4r.TableEntry]:
+        table_id = schema.tables[table].id
+        with self._lock:
+            return [e.table_entry for e in self.entities.values()
+                    if e.HasField("table_entry") and e.table_entry.table_id == table_id]
+
+    # -- P4Runtime --
+
+    def StreamChannel(self, request_iterator: Iterator[p4r.StreamMessageRequest], context: Any) -> Iterator[Any]:
+        for request in request_iterator:
+            if request.HasField("arbitration"):
+                reply = p4r.MasterArbitrationUpdate()
+                reply.CopyFrom(request.arbitration)
+                reply.status.code = rpc_code.OK
+                yield p4r.StreamMessageResponse(arbitration=reply)
+
+    def Capabilities(self, request: Any, context: Any) -> p4r.CapabilitiesResponse:
+        return p4r.CapabilitiesResponse(p4runtime_api_version=self.api_version)
+
+    def GetForwardingPipelineConfig(self, request: Any, context: Any) -> p4r.GetForwardingPipelineConfigResponse:
+        with self._lock:
+            if self.config is None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "No forwarding pipeline config set for this device")
+            reply = p4r.GetForwardingPipelineConfigResponse()
+            reply.config.cookie.CopyFrom(self.config.cookie)
+            if request.response_type != p4r.GetForwardingPipelineConfigRequest.COOKIE_ONLY:
+                reply.config.p4info.CopyFrom(self.config.p4info)
+            return reply
+
+    def SetForwardingPipelineConfig(self, request: Any, context: Any) -> p4r.SetForwardingPipelineConfigResponse:
+        with self._lock:
+            self.config = request.config
+            self.pipeline_pushes += 1
+            # A new pipeline starts empty, as on a real switch.
+            self.entities.clear()
+            self.defaults.clear()
+            self.counters.clear()
+            return p4r.SetForwardingPipelineConfigResponse()
+
+    def Write(self, request: p4r.WriteRequest, context: Any) -> p4r.WriteResponse:
+        with self._lock:
+            self.writes.append(request)
+            self._lock.notify_all()
+            errors = [self._apply(update) for update in request.updates]
+        if any(code != rpc_code.OK for code, _ in errors):
+            status = rpc_status.Status(code=rpc_code.UNKNOWN, message="Write failure.")
+            for code, message in errors:
+                detail = any_pb2.Any()
+                detail.Pack(p4r.Error(canonical_code=code, message=message, space="fake"))
+                status.details.append(detail)
+            context.set_trailing_metadata([("grpc-status-details-bin", status.SerializeToString())])
+            context.abort(grpc.StatusCode.UNKNOWN, "Write failure.")
+        return p4r.WriteResponse()
+
+    def _apply(self, update: p4r.Update) -> tuple[int, str]:
+        if self.fail_writes_with is not None:
+            return self.fail_writes_with, "injected failure"
+        entity = update.entity
+        if entity.HasField("table_entry") and entity.table_entry.is_default_action:
+            self.defaults[entity.table_entry.table_id] = entity.table_entry
+            return rpc_code.OK, ""
+        key = _entity_key(entity)
+        if update.type == p4r.Update.INSERT:
+            if key in self.entities:
+                return rpc_code.ALREADY_EXISTS, "Match entry exists"
+            self.entities[key] = entity
+        elif update.type == p4r.Update.MODIFY:
+            if key not in self.entities:
+                return rpc_code.NOT_FOUND, "Entry not found"
+            self.entities[key] = entity
+        elif update.type == p4r.Update.DELETE:
+            if self.entities.pop(key, None) is None:
+                return rpc_code.NOT_FOUND, "Entry not found"
+        return rpc_code.OK, ""
+
+    def Read(self, request: p4r.ReadRequest, context: Any) -> Iterator[p4r.ReadResponse]:
+        reply = p4r.ReadResponse()
+        with self._lock:
+            for wanted in request.entities:
+                if wanted.HasField("counter_entry"):
+                    ce = wanted.counter_entry
+                    indices = ([ce.index.index] if ce.HasField("index")
+                               else [i for (cid, i) in self.counters if cid == ce.counter_id])
+                    for index in sorted(indices):
+                        packets, nbytes = self.counters.get((ce.counter_id, index), (0, 0))
+                        entry = reply.entities.add().counter_entry
+                        entry.counter_id, entry.index.index = ce.counter_id, index
+                        entry.data.packet_count, entry.data.byte_count = packets, nbytes
+                elif wanted.HasField("table_entry"):
+                    for entity in self.entities.values():
+                        if entity.HasField("table_entry") and entity.table_entry.table_id in (
+                            0, wanted.table_entry.table_id,
+                        ):
+                            reply.entities.add().CopyFrom(entity)
+        yield reply
+
+
+@pytest.fixture
+def fake_switch() -> Iterator[FakeP4Runtime]:
+    server = FakeP4Runtime()
+    yield server
+    server.stop()
+
+
+# --- topologies ----------------------------------------------------------------------------------------------
+
+TOPOLOGY = {
+    "switch": {
+        "address": "127.0.0.1:1",  # replaced by the fake's address
+        "device_id": 1,
+        "mac": "02:00:00:00:00:fe",
+        "addr": "10.0.0.254",
+        "ports": [1, 2, 3],
+    },
+    "hosts": [
+        {"name": "h1", "mac": "02:00:00:00:00:01", "addr": "10.0.0.1", "port": 1},
+        {"name": "h2", "mac": "02:00:00:00:00:02", "addr": "10.0.0.2", "port": 2},
+        {"name": "h3", "mac": "02:00:00:00:00:03", "addr": "10.0.0.3", "port": 3},
+    ],
+    "loss": [{"port": 2, "ingress": 0.25, "egress": 1.0}],
+    "pool": {"slots": 64, "default_job_slots": 16},
+    "jobs": {"lease_seconds": 30},
+}
+
+
+def make_topology(address: str = "127.0.0.1:1", **overrides: Any) -> Topology:
+    data = {key: (dict(value) if isinstance(value, dict) else list(value)) for key, value in TOPOLOGY.items()}
+    data["switch"]["address"] = address
+    for key, value in overrides.items():
+        data[key] = value
+    return parse_topology(data)
+
+
+@pytest.fixture
+def topology() -> Topology:
+    return make_topology()
+
+
+@pytest.fixture
+def make_topo() -> Any:
+    """make_topo(address=..., section=value...) -> Topology from TOPOLOGY with sections replaced."""
+    return make_topology
+
+
+@pytest.fixture
+def fake_switch_class() -> type[FakeP4Runtime]:
+    return FakeP4Runtime

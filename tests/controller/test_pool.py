@@ -1,0 +1,73 @@
+"""Slot ranges and epochs."""
+
+from __future__ import annotations
+
+import pytest
+
+from netagg.controller.pool import PoolFull, SlotPool, SlotRange
+
+pytestmark = pytest.mark.unit
+
+
+def test_first_fit_and_reuse_of_gaps() -> None:
+    pool = SlotPool(10)
+    a, b, c = pool.allocate(3), pool.allocate(4), pool.allocate(3)
+    assert (a, b, c) == (SlotRange(0, 3), SlotRange(3, 4), SlotRange(7, 3))
+    assert pool.free_slots == 0
+    pool.release(b)
+    assert pool.allocate(2) == SlotRange(3, 2)
+    assert pool.allocate(2) == SlotRange(5, 2)
+
+
+def test_full_reports_free_and_largest() -> None:
+    pool = SlotPool(10)
+    first = pool.allocate(4)
+    pool.allocate(2)
+    pool.release(first)  # free: 0..3 and 6..9 -> 8 free, largest 4
+    with pytest.raises(PoolFull) as info:
+        pool.allocate(5)
+    assert (info.value.wanted, info.value.free, info.value.largest_free) == (5, 8, 4)
+
+
+def test_release_of_unknown_range_is_an_error() -> None:
+    pool = SlotPool(4)
+    with pytest.raises(ValueError):
+        pool.release(SlotRange(0, 2))
+
+
+def test_epoch_never_zero_never_last_on_range() -> None:
+    pool = SlotPool(8)
+    seen = []
+    for _ in range(20):
+        r = pool.allocate(8)
+        before = {pool.last_epoch(s) for s in range(8)}
+        epoch = pool.assign_epoch(r)
+        assert epoch != 0 and epoch not in before
+        assert all(pool.last_epoch(s) == epoch for s in range(8))
+        seen.append(epoch)
+        pool.release(r)
+    assert len(set(seen)) == len(seen)
+
+
+def test_epoch_skips_values_left_on_part_of_the_range() -> None:
+    pool = SlotPool(4)
+    left = pool.allocate(2)
+    assert pool.assign_epoch(left) == 1
+    right = pool.allocate(2)
+    assert pool.assign_epoch(right) == 2
+    pool.release(left)
+    pool.release(right)
+    # Force the counter back so that its next values collide with what the slots hold.
+    pool._next_epoch = 1
+    whole = pool.allocate(4)
+    assert pool.assign_epoch(whole) == 3
+
+
+def test_epoch_wraps_without_zero() -> None:
+    pool = SlotPool(1)
+    pool._next_epoch = 0xFFFF
+    r = pool.allocate(1)
+    assert pool.assign_epoch(r) == 0xFFFF
+    pool.release(r)
+    r = pool.allocate(1)
+    assert pool.assign_epoch(r) == 1
