@@ -1,0 +1,225 @@
+"""``AllReduceClient``: the framework-neutral all-reduce API of a worker joined to a job.
+
+Threads: the caller's (staging a tensor and queueing it), one transport thread (the protocol), one completion
+thread (dequantizing, writing results back, resolving futures) and, when joined through a controller, one
+heartbeat thread. A framework shim (e.g. a torch ProcessGroup) calls ``allreduce_async`` and chains on the
+returned ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AgentInputError, AllReduceTimeout, JoinError
+from netagg.host_agent.heartbeat import Heartbeat
+from netagg.host_agent.netinfo import mac_for_address
+from netagg.host_agent.operation import Operation
+from netagg.host_agent.session import JobApi, JoinResult
+from netagg.host_agent.staging import stage
+from netagg.host_agent.timers import RtoConfig
+from netagg.host_agent.transport import Transport, TransportConfig, TransportStats
+
+log = logging.getLogger(__name__)
+
+#: Lanes per packet asked for at join (the largest the wire carries: fewest packets per byte). See docs.
+DEFAULT_LANES = 256
+#: Slots in flight per worker, asked for at join (see docs/host_agent.md, "Tuning").
+DEFAULT_WINDOW = 64
+#: Seconds an all-reduce may take from its first UPDATE before it fails.
+DEFAULT_DEADLINE = 30.0
+DEFAULT_HEARTBEAT_INTERVAL = 1.0
+
+
+class AllReduceClient:
+    """Sums tensors across the job's workers through the switch; use as a context manager or call ``close``."""
+
+    def __init__(
+        self,
+        session: JoinResult,
+        sock: socket.socket,
+        *,
+        window: int | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        rto: RtoConfig | None = None,
+        loss: float = 0.0,
+        loss_seed: int | None = None,
+        controller: JobApi | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    ) -> None:
+        """Run the protocol for an existing admission on ``sock`` (bound to the address the switch sends to)."""
+        if deadline <= 0:
+            raise AgentInputError(f"deadline must be positive, got {deadline}")
+        window = min(session.slots, DEFAULT_WINDOW) if window is None else window
+        if not 1 <= window <= session.slots:
+            raise AgentInputError(
+                f"window {window} must be within 1..{session.slots} (slots granted to job {session.job!r})"
+            )
+        if not 0.0 <= loss < 1.0:
+            raise AgentInputError(f"loss {loss} must be a fraction within [0, 1)")
+        self.session = session
+        self._controller = controller
+        self._sock = sock
+        self._indices = itertools.count()
+        self._submit_lock = threading.Lock()  # operation indices and queue order must agree
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._completions = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"netagg-complete-{session.job}-r{session.rank}"
+        )
+        config = TransportConfig(
+            window=window,
+            deadline=deadline,
+            rto=rto or RtoConfig(),
+            loss=loss,
+            loss_seed=(loss_seed if loss_seed is not None else 0) * 1000 + session.rank,
+        )
+        self._transport = Transport(session, sock, config, self._on_complete, self._on_fail)
+        self._heartbeat = (
+            Heartbeat(controller, session.job, session.rank, heartbeat_interval) if controller is not None else None
+        )
+        self._transport.start()
+        if self._heartbeat is not None:
+            self._heartbeat.start()
+
+    @classmethod
+    def join(
+        cls,
+        controller: JobApi,
+        job: str,
+        world_size: int,
+        rank: int,
+        *,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        mac: str | None = None,
+        lanes: int = DEFAULT_LANES,
+        slots: int | None = None,
+        join_timeout: float = 60.0,
+        **options: Any,
+    ) -> AllReduceClient:
+        """Bind a UDP socket, join ``job`` through the controller (waits for all ranks) and start the client.
+
+        ``options`` are passed to the constructor (window, deadline, rto, loss, loss_seed, heartbeat_interval).
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((bind, port))
+            addr, bound_port = sock.getsockname()
+            want_slots = slots if slots is not None else options.get("window") or DEFAULT_WINDOW
+            try:
+                answer = controller.join(
+                    job,
+                    world_size=world_size,
+                    rank=rank,
+                    addr=addr,
+                    port=bound_port,
+                    mac=mac or mac_for_address(addr),
+                    lanes=lanes,
+                    slots=want_slots,
+                    timeout=join_timeout,
+                )
+            except JoinError:
+                raise
+            except Exception as exc:
+                raise JoinError(f"joining job {job!r} as rank {rank} of {world_size} failed: {exc}") from exc
+            session = JoinResult.from_answer(answer, job=job, rank=rank)
+            if session.lease_seconds and "heartbeat_interval" not in options:
+                options["heartbeat_interval"] = min(DEFAULT_HEARTBEAT_INTERVAL, session.lease_seconds / 4)
+            return cls(session, sock, controller=controller, **options)
+        except BaseException:
+            sock.close()
+            raise
+
+    # --- all-reduce ----------------------------------------------------------------------------------------
+
+    def allreduce_async(self, x: Any, *, inplace: bool = True) -> Future[Any]:
+        """Queue the sum of ``x`` over all workers; the future's value is ``x`` (in place) or a new tensor.
+
+        Every worker must issue the same all-reduces (same sizes and dtypes) in the same order. ``x`` must not be
+        touched until the future is done. Bad input raises AgentInputError here, before anything is sent.
+        """
+        self._check_open()
+        staged, target = stage(x, lanes=self.session.lanes, num_workers=self.session.world_size, inplace=inplace)
+        with self._submit_lock:
+            self._check_open()
+            op = Operation(next(self._indices), staged, target, self.session.world_size)
+            op.future.set_running_or_notify_cancel()  # the stream cannot skip an operation: no cancelling
+            self._transport.submit(op)
+        return op.future
+
+    def allreduce(self, x: Any, *, inplace: bool = True) -> Any:
+        """Blocking ``allreduce_async``; raises the operation's error (e.g. AllReduceTimeout)."""
+        future = self.allreduce_async(x, inplace=inplace)
+        # The transport resolves every future by its deadline; the bound here only guards against a bug.
+        return future.result(timeout=self._transport.config.deadline * 4 + 60)
+
+    @property
+    def stats(self) -> TransportStats:
+        return self._transport.stats
+
+    @property
+    def window(self) -> int:
+        return self._transport.config.window
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise AgentBrokenError(self._broken)
+        if self._closed:
+            raise AgentClosedError(f"the client of job {self.session.job!r} rank {self.session.rank} is closed")
+
+    # --- callbacks from the transport thread ---------------------------------------------------------------
+
+    def _on_complete(self, op: Operation) -> None:
+        self._completions.submit(self._finish, op)
+
+    @staticmethod
+    def _finish(op: Operation) -> None:
+        try:
+            result = op.finish()
+        except BaseException as exc:  # noqa: BLE001 - delivered to the caller through the future
+            op.future.set_exception(exc)
+        else:
+            op.future.set_result(result)
+
+    def _on_fail(self, ops: list[Operation], error: BaseException) -> None:
+        if not isinstance(error, AgentClosedError):
+            self._broken = error
+        for op in ops:
+            if isinstance(error, AgentClosedError) or (
+                isinstance(error, AllReduceTimeout) and error.op_index == op.index
+            ):
+                exc: BaseException = error
+            else:
+                exc = AgentBrokenError(error)
+            self._completions.submit(op.future.set_exception, exc)
+
+    # --- lifetime ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the transport (queued operations fail), leave the job and release the socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._transport.close()
+            self._completions.shutdown(wait=True)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+            self._sock.close()
+            if self._controller is not None:
+                try:
+                    self._controller.leave(self.session.job, self.session.rank)
+                except Exception as exc:  # noqa: BLE001 - the controller also expires silent workers
+                    log.warning("leaving job %r as rank %d failed: %s", self.session.job, self.session.rank, exc)
+
+    def __enter__(self) -> AllReduceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,52 @@
+"""One queued all-reduce: its staged blocks, where results land, and the future the caller holds."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from netagg.host_agent import quantize as q
+from netagg.host_agent.staging import Staged, Target
+
+
+class Operation:
+    """State of one all-reduce between submission and completion.
+
+    The transport thread writes ``sums``, ``used_exps`` and ``result_nonfinite`` row by row (one row per
+    RESULT); ``finish`` runs once every row has arrived, on the completion thread.
+    """
+
+    def __init__(self, index: int, staged: Staged, target: Target, num_workers: int) -> None:
+        self.index = index  # position in the job's sequence of all-reduces on this client
+        self.staged = staged
+        self.target = target
+        self.num_workers = num_workers
+        m, lanes = staged.blocks.shape
+        self.first_chunk = -1  # global data-chunk index of row 0, assigned by the transport thread
+        self.sums = np.empty((m, lanes), dtype=np.int32)
+        self.used_exps = np.zeros(m, dtype=np.int8)  # shared exponent each row was quantized with
+        self.result_nonfinite = np.zeros(m, dtype=bool)
+        self.done = np.zeros(m, dtype=bool)
+        self.remaining = m
+        self.future: Future[Any] = Future()
+        self.submitted_at = time.monotonic()
+        self.started_at: float | None = None  # first UPDATE sent for it (the deadline counts from here)
+        self.rows_sent = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.staged.num_blocks
+
+    def finish(self) -> Any:
+        """Dequantize the sums and hand them to the caller's target; returns the all-reduce's value."""
+        staged = self.staged
+        if staged.exact:
+            flat = self.sums.reshape(-1)[: staged.count]
+        else:
+            out = staged.blocks  # no longer needed: every row has been quantized and sent
+            q.dequantize(self.sums, self.used_exps, self.num_workers, self.result_nonfinite, out=out)
+            flat = out.reshape(-1)[: staged.count]
+        return self.target.deliver(flat)

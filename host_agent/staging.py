@@ -1,0 +1,144 @@
+"""Copying a caller's tensor into the agent's own padded block buffers, and the sum back out.
+
+The caller's memory is only read when an operation is submitted and only written when it completes, never from
+the transport thread. torch tensors are copied with torch ops (``copy_``) into a torch view of the agent's numpy
+buffer, so the caller's tensor is never exposed through ``.numpy()`` and any layout or dtype torch supports works.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from netagg.host_agent import quantize as q
+from netagg.host_agent.errors import AgentInputError
+
+#: numpy dtypes summed through float32 staging (quantized), and the exact integer path.
+_NUMPY_FLOAT = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
+_NUMPY_INT = np.dtype(np.int32)
+
+
+@dataclass(slots=True)
+class Staged:
+    """One tensor laid out as ``m`` blocks of ``lanes`` values (the last one zero-padded)."""
+
+    exact: bool  # int32: lanes are the values themselves (no scaling, exponent 0)
+    blocks: np.ndarray  # (m, lanes) float32, or int32 when exact
+    exps: np.ndarray  # (m,) int8: this worker's block exponents (0 when exact)
+    nonfinite: np.ndarray  # (m,) bool
+    count: int  # number of real elements
+
+    @property
+    def num_blocks(self) -> int:
+        return self.blocks.shape[0]
+
+
+class Target:
+    """Where a finished sum goes: back into the caller's tensor, or a new one."""
+
+    def __init__(self, tensor: Any, inplace: bool) -> None:
+        self.tensor = tensor
+        self.inplace = inplace
+
+    def deliver(self, flat: np.ndarray) -> Any:
+        """Write the flat sum (float32 or int32, ``count`` long) out; return what ``allreduce`` returns."""
+        raise NotImplementedError
+
+
+class _NumpyTarget(Target):
+    def deliver(self, flat: np.ndarray) -> Any:
+        x = self.tensor
+        if self.inplace:
+            np.copyto(x, flat.reshape(x.shape), casting="same_kind")
+            return x
+        return flat.reshape(x.shape).astype(x.dtype, copy=True)
+
+
+class _TorchTarget(Target):
+    def deliver(self, flat: np.ndarray) -> Any:
+        import torch
+
+        x = self.tensor
+        src = torch.from_numpy(flat).view(x.shape)
+        with torch.no_grad():
+            if self.inplace:
+                x.copy_(src)
+                return x
+            return src.to(dtype=x.dtype, copy=True)
+
+
+def _alloc(count: int, lanes: int, dtype: np.dtype) -> np.ndarray:
+    m = -(-count // lanes)
+    blocks = np.empty((m, lanes), dtype=dtype)
+    if m:
+        blocks[-1].fill(0)  # padding of the last block; the rest is overwritten by the copy
+    return blocks
+
+
+def _is_torch(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def stage(x: Any, *, lanes: int, num_workers: int, inplace: bool) -> tuple[Staged, Target]:
+    """Copy ``x`` (numpy array or torch CPU tensor) into fresh block buffers; raises AgentInputError if unusable."""
+    if _is_torch(x):
+        return _stage_torch(x, lanes, num_workers, inplace)
+    if isinstance(x, np.ndarray):
+        return _stage_numpy(x, lanes, num_workers, inplace)
+    raise AgentInputError(f"all-reduce takes a numpy array or a torch CPU tensor, got {type(x).__name__}")
+
+
+def _finish(blocks: np.ndarray, count: int, exact: bool, num_workers: int) -> Staged:
+    m = blocks.shape[0]
+    if exact:
+        try:
+            q.check_int32_exact(blocks, num_workers)
+        except q.QuantizationError as exc:
+            raise AgentInputError(str(exc)) from exc
+        return Staged(True, blocks, np.zeros(m, np.int8), np.zeros(m, bool), count)
+    exps, nonfinite = q.block_exponents(blocks)
+    return Staged(False, blocks, exps, nonfinite, count)
+
+
+def _stage_numpy(x: np.ndarray, lanes: int, num_workers: int, inplace: bool) -> tuple[Staged, Target]:
+    if x.dtype == _NUMPY_INT:
+        exact = True
+    elif x.dtype in _NUMPY_FLOAT:
+        exact = False
+    else:
+        raise AgentInputError(
+            f"cannot all-reduce numpy dtype {x.dtype}: supported are float32, float16, float64 (summed in "
+            "float32 block floating point) and int32 (exact)"
+        )
+    if inplace and not x.flags.writeable:
+        raise AgentInputError("in-place all-reduce of a read-only numpy array (pass inplace=False)")
+    blocks = _alloc(x.size, lanes, np.dtype(np.int32 if exact else np.float32))
+    blocks.reshape(-1)[: x.size] = x.reshape(-1)  # casts float16/float64 into the float32 staging
+    return _finish(blocks, x.size, exact, num_workers), _NumpyTarget(x, inplace)
+
+
+def _stage_torch(x: Any, lanes: int, num_workers: int, inplace: bool) -> tuple[Staged, Target]:
+    import torch
+
+    if x.device.type != "cpu":
+        raise AgentInputError(f"the host agent sums CPU tensors; got a tensor on {x.device}")
+    if x.dtype == torch.int32:
+        exact = True
+    elif x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        exact = False
+    else:
+        raise AgentInputError(
+            f"cannot all-reduce torch dtype {x.dtype}: supported are float32, float16, bfloat16, float64 "
+            "(summed in float32 block floating point) and int32 (exact)"
+        )
+    if inplace and x.requires_grad and x.is_leaf:
+        raise AgentInputError("in-place all-reduce of a leaf tensor that requires grad (use its .grad or detach)")
+    count = x.numel()
+    blocks = _alloc(count, lanes, np.dtype(np.int32 if exact else np.float32))
+    with torch.no_grad():
+        torch.from_numpy(blocks).view(-1)[:count].copy_(x.detach().reshape(-1))
+    return _finish(blocks, count, exact, num_workers), _TorchTarget(x, inplace)

@@ -1,0 +1,83 @@
+"""Retransmission timing: one min-heap of per-slot deadlines and an RTT estimator.
+
+No timer object per packet: sending pushes a ``(deadline, slot, generation)`` tuple; a RESULT just bumps the
+slot's generation, which turns the heap entry stale (it is discarded when it reaches the top). The receive loop
+pops expired entries once per iteration. The lossless path costs one ``heappush`` per packet and nothing per
+RESULT.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RtoConfig:
+    """Retransmission timeout bounds, in seconds."""
+
+    initial: float = 0.02
+    minimum: float = 0.005
+    maximum: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.minimum <= self.initial <= self.maximum:
+            raise ValueError(f"need 0 < minimum <= initial <= maximum, got {self}")
+
+
+class RttEstimator:
+    """Jacobson/Karels smoothed RTT; samples only from rounds sent once (Karn's rule)."""
+
+    def __init__(self, config: RtoConfig) -> None:
+        self.config = config
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = config.initial
+
+    def backoff(self) -> None:
+        """A retransmission timer fired: double the timeout until a clean sample says otherwise (as TCP does).
+
+        Without this, Karn's rule starves the estimator exactly when the timeout is too short (every round is
+        retransmitted, so none yields a sample) and spurious retransmissions feed on themselves.
+        """
+        self.rto = min(self.rto * 2, self.config.maximum)
+
+    def sample(self, rtt: float) -> None:
+        rtt = min(rtt, self.config.maximum)  # a peer that submitted late must not inflate the timer for long
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar += 0.25 * (abs(self.srtt - rtt) - self.rttvar)
+            self.srtt += 0.125 * (rtt - self.srtt)
+        self.rto = min(max(self.srtt + 4 * self.rttvar, self.config.minimum), self.config.maximum)
+
+
+class DeadlineHeap:
+    """Per-slot retransmission deadlines with lazy invalidation."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int]] = []
+
+    def push(self, deadline: float, slot: int, generation: int) -> None:
+        heapq.heappush(self._heap, (deadline, slot, generation))
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_expired(self, now: float) -> list[tuple[int, int]]:
+        """(slot, generation) of every entry due by ``now``; the caller drops stale generations."""
+        due = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, slot, generation = heapq.heappop(heap)
+            due.append((slot, generation))
+        return due
+
+    def discard_stale(self, current: list[int]) -> None:
+        """Drop stale entries from the top, so ``next_deadline`` does not wake the loop for nothing."""
+        heap = self._heap
+        while heap and heap[0][2] != current[heap[0][1]]:
+            heapq.heappop(heap)
+
+    def __len__(self) -> int:
+        return len(self._heap)

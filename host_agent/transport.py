@@ -1,0 +1,499 @@
+"""The transport thread: one UDP socket, one window of W slots, every queued all-reduce pipelined through it.
+
+Stream model (docs/host_agent.md has the full state machine). Every all-reduce of the job is cut into chunks of
+``lanes`` values; chunks get consecutive global indices across all-reduces in submission order, and chunk ``d``
+rides slot ``d % W``. Each slot runs a sequence of *rounds*; round ``j`` on slot ``s`` has
+``tsi = j * W + s`` and uses copy ``set = j % 2``. A round is a *data* round (one chunk) or a *warm-up* round
+(zero payload, carrying only an exponent). A round's UPDATE announces the exponent of the slot's next chunk; its
+RESULT's ``exp`` (the max over workers) is the shared exponent that next chunk is quantized with.
+
+When a worker does not know its next chunk yet (the next all-reduce is not queued), it announces ``EXP_UNKNOWN``
+(the largest int8). The max makes every worker see it, so all of them agree, without any extra message, that
+the slot's next round is a warm-up. A real exponent equal to ``EXP_UNKNOWN`` costs one extra warm-up round and
+nothing else. A warm-up round is always followed by a data round.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import queue
+import random
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netagg.constants import Flag, MsgType
+from netagg.wire import EXP_MAX, EXP_MIN, HEADER_BYTES, LANE_DTYPE, WireError, message_bytes, pack_header, unpack_header
+
+from netagg.host_agent import quantize as q
+from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout
+from netagg.host_agent.operation import Operation
+from netagg.host_agent.session import JoinResult
+from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
+
+log = logging.getLogger(__name__)
+
+#: Announced for a slot's next chunk when it is not queued yet; its RESULT then means "warm-up round next".
+EXP_UNKNOWN = EXP_MAX
+
+_TSI_MASK = 0xFFFFFFFF
+_NONFINITE = int(Flag.NONFINITE)
+
+
+class Phase(enum.IntEnum):
+    """Where a slot is in its round sequence."""
+
+    NEED_WARMUP = 0  # no shared exponent for the next chunk: its first round must be a warm-up
+    READY = 1  # holds the shared exponent of the next chunk, which is queued
+    WARMUP_OUT = 2  # a warm-up round is in flight
+    DATA_OUT = 3  # a data round is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Tuning of one client's transport."""
+
+    window: int  # W: slots used (at most the granted slots)
+    deadline: float = 30.0  # seconds an all-reduce may take from its first UPDATE
+    rto: RtoConfig = field(default_factory=RtoConfig)
+    loss: float = 0.0  # fraction of outgoing packets dropped on purpose (tests, demos)
+    loss_seed: int = 0
+    socket_buffer: int = 4 << 20
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters of one transport (read them from any thread; they only grow)."""
+
+    updates_sent: int = 0
+    bytes_sent: int = 0
+    warmups_sent: int = 0
+    retransmissions: int = 0
+    dropped_on_purpose: int = 0
+    send_buffer_full: int = 0
+    results: int = 0
+    duplicate_results: int = 0  # valid RESULTs for a round already finished (or not ours)
+    malformed: int = 0  # datagrams that are not a RESULT of this job with our size
+
+
+class Transport:
+    """Owns the socket and runs the protocol on its own thread; ``submit`` may be called from any thread."""
+
+    def __init__(
+        self,
+        session: JoinResult,
+        sock: socket.socket,
+        config: TransportConfig,
+        on_complete: Callable[[Operation], None],
+        on_fail: Callable[[list[Operation], BaseException], None],
+    ) -> None:
+        if not 1 <= config.window <= session.slots:
+            raise ValueError(f"window {config.window} must be within 1..{session.slots} (the granted slots)")
+        if not 0.0 <= config.loss < 1.0:
+            raise ValueError(f"loss {config.loss} must be within [0, 1)")
+        self.session = session
+        self.config = config
+        self.stats = TransportStats()
+        self._sock = sock
+        self._dst = (session.switch.addr, session.switch.port)
+        self._on_complete = on_complete
+        self._on_fail = on_fail
+        self._lanes = session.lanes
+        self._size = session.size_code
+        self._msg_len = message_bytes(session.lanes)
+        self._n = session.world_size
+
+        w = config.window
+        self._w = w
+        self._phase = [Phase.NEED_WARMUP] * w
+        self._round = [0] * w  # round number j of the slot's current (or next) round
+        self._shared_exp = [0] * w
+        self._queue: list[deque[list]] = [deque() for _ in range(w)]  # entries [op, row]: chunks for the slot
+        self._out_op: list[Operation | None] = [None] * w
+        self._out_row = [0] * w
+        self._sent_at = [0.0] * w
+        self._attempts = [0] * w
+        self._slot_rto = [0.0] * w
+        self._generation = [0] * w
+        self._pkt = [bytearray(self._msg_len) for _ in range(w)]
+        self._pkt_lanes = [np.frombuffer(p, dtype=LANE_DTYPE, offset=HEADER_BYTES) for p in self._pkt]
+        self._pending: set[int] = set()  # slots that may be able to send
+        self._timers = DeadlineHeap()
+        self._rtt = RttEstimator(config.rto)
+        self._rng = random.Random(config.loss_seed)
+
+        self._rbuf = bytearray(self._msg_len + 64)  # larger than a message, so oversized datagrams are seen
+        self._rlanes = np.frombuffer(self._rbuf, dtype=LANE_DTYPE, count=self._lanes, offset=HEADER_BYTES)
+
+        self._next_chunk = 0  # global index of the next submitted chunk
+        self._active: dict[int, Operation] = {}  # submitted, not completed, by operation index
+        self._submissions: queue.SimpleQueue[Operation] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _closed_error against submit()
+        self._closed_error: BaseException | None = None
+        self._stop = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(
+            target=self._run, name=f"netagg-transport-{session.job}-r{session.rank}", daemon=True
+        )
+
+        sock.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, config.socket_buffer)
+            except OSError:  # pragma: no cover - a smaller buffer only means more retransmissions
+                log.warning("could not set socket buffer option %s to %d", opt, config.socket_buffer)
+
+    # --- any thread ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, op: Operation) -> None:
+        """Queue an operation; raises AgentClosedError if the transport has stopped."""
+        with self._lock:
+            if self._closed_error is not None:
+                raise self._closed_error
+            self._submissions.put(op)
+        self._wake()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; operations still queued fail with AgentClosedError."""
+        self._stop = True
+        self._wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # pragma: no cover - the loop wakes at least every second
+                raise RuntimeError(f"transport thread of job {self.session.job!r} did not stop within {timeout} s")
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already woken (buffer full) or closed
+
+    # --- transport thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            self._loop()
+        except AllReduceTimeout as exc:
+            log.error("%s", exc)
+            error = exc
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiting callers
+            log.exception("transport of job %r rank %d failed", self.session.job, self.session.rank)
+            error = exc
+        self._shutdown(error)
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r.fileno(), select.POLLIN)
+        deadline_check = 0.0
+        while not self._stop:
+            self._drain_submissions()
+            self._receive(budget=4 * self._w + 64)
+            now = time.monotonic()
+            self._retransmit_expired(now)
+            self._send_pending(now)
+            if self._active and now >= deadline_check:
+                self._check_deadlines(now)
+                deadline_check = now + min(0.01, self.config.deadline / 10)
+            wait = 1.0
+            nxt = self._timers.next_deadline()
+            if nxt is not None:
+                wait = min(wait, nxt - now)
+            if self._active:
+                wait = min(wait, deadline_check - now)
+            if wait > 0:
+                for fd, _ in poller.poll(wait * 1000.0):
+                    if fd == self._wake_r.fileno():
+                        self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _drain_submissions(self) -> None:
+        while True:
+            try:
+                op = self._submissions.get_nowait()
+            except queue.Empty:
+                return
+            self._enqueue(op)
+
+    def _enqueue(self, op: Operation) -> None:
+        """Give the operation its global chunk range and append its rows to the slots' queues."""
+        m, w = op.num_blocks, self._w
+        op.first_chunk = self._next_chunk
+        self._next_chunk += m
+        if m == 0:
+            self._on_complete(op)
+            return
+        self._active[op.index] = op
+        for s in range(min(w, m)):
+            slot = (op.first_chunk + s) % w
+            self._queue[slot].append([op, s])
+            self._pending.add(slot)
+
+    # --- receive -------------------------------------------------------------------------------------------
+
+    def _receive(self, budget: int) -> None:
+        sock, rbuf, msg_len, stats = self._sock, self._rbuf, self._msg_len, self.stats
+        for _ in range(budget):
+            try:
+                n = sock.recv_into(rbuf)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:  # ICMP port unreachable from an earlier send: the switch is not up yet
+                continue
+            if n != msg_len:
+                stats.malformed += 1
+                continue
+            try:
+                h = unpack_header(rbuf)
+            except WireError:
+                stats.malformed += 1
+                continue
+            if h.msg_type != MsgType.RESULT or h.job != self.session.job_id or h.size != self._size:
+                stats.malformed += 1
+                continue
+            s = h.slot
+            if s >= self._w:
+                stats.malformed += 1
+                continue
+            phase = self._phase[s]
+            j = self._round[s]
+            if (
+                phase < Phase.WARMUP_OUT
+                or h.tsi != (j * self._w + s) & _TSI_MASK
+                or h.set != j & 1
+            ):
+                stats.duplicate_results += 1
+                continue
+            stats.results += 1
+            self._complete_round(s, phase, h.exp, h.flags)
+
+    def _complete_round(self, s: int, phase: Phase, exp: int, flags: int) -> None:
+        now = time.monotonic()
+        if self._attempts[s] == 0:
+            self._rtt.sample(now - self._sent_at[s])
+        self._generation[s] += 1  # invalidates the slot's pending retransmission deadline
+        self._round[s] += 1
+        if phase == Phase.DATA_OUT:
+            op = self._out_op[s]
+            assert op is not None
+            row = self._out_row[s]
+            self._out_op[s] = None
+            op.sums[row] = self._rlanes  # byte-swaps from the wire's big-endian
+            op.result_nonfinite[row] = bool(flags & _NONFINITE)
+            op.remaining -= 1
+            if op.remaining == 0:
+                del self._active[op.index]
+                self._on_complete(op)
+            if exp == EXP_UNKNOWN:
+                self._phase[s] = Phase.NEED_WARMUP
+            else:
+                self._phase[s] = Phase.READY
+                self._shared_exp[s] = exp
+        else:  # warm-up: the exponent is for the chunk it announced; a data round always follows
+            self._phase[s] = Phase.READY
+            self._shared_exp[s] = exp
+        self._pending.add(s)
+
+    # --- send ----------------------------------------------------------------------------------------------
+
+    def _announce(self, s: int) -> int:
+        """Exponent of the slot's next queued chunk, or EXP_UNKNOWN if none is queued yet."""
+        qd = self._queue[s]
+        if not qd:
+            return EXP_UNKNOWN
+        op, row = qd[0]
+        return int(op.staged.exps[row])
+
+    def _advance(self, s: int) -> None:
+        """Pop the slot's head chunk."""
+        qd = self._queue[s]
+        entry = qd[0]
+        entry[1] += self._w
+        if entry[1] >= entry[0].num_blocks:
+            qd.popleft()
+
+    def _send_pending(self, now: float) -> None:
+        if not self._pending:
+            return
+        by_op: dict[int, list[int]] = {}
+        for s in self._pending:
+            phase = self._phase[s]
+            if phase == Phase.READY:
+                op = self._queue[s][0][0]  # READY implies the announced chunk is queued
+                by_op.setdefault(op.index, []).append(s)
+            elif phase == Phase.NEED_WARMUP and self._queue[s]:
+                self._send_warmup(s, now)
+        self._pending.clear()
+        for slots in by_op.values():
+            self._send_data(slots, now)
+
+    def _send_warmup(self, s: int, now: float) -> None:
+        op = self._queue[s][0][0]
+        self._pkt_lanes[s].fill(0)
+        self._pack(s, exp=self._announce(s), flags=0)
+        self._phase[s] = Phase.WARMUP_OUT
+        if op.started_at is None:
+            op.started_at = now
+        self.stats.warmups_sent += 1
+        self._first_send(s, now)
+
+    def _send_data(self, slots: list[int], now: float) -> None:
+        """Quantize the head chunks of ``slots`` (all of one operation) in one call and send them."""
+        op = self._queue[slots[0]][0][0]
+        rows = np.fromiter((self._queue[s][0][1] for s in slots), dtype=np.intp, count=len(slots))
+        shared = np.fromiter((self._shared_exp[s] for s in slots), dtype=np.int16, count=len(slots))
+        staged = op.staged
+        if staged.exact:
+            payload = staged.blocks[rows]
+        else:
+            own = staged.exps[rows]
+            if np.any(own > shared):
+                bad = int(np.argmax(own > shared))
+                raise RuntimeError(
+                    f"protocol error: chunk {op.first_chunk + int(rows[bad])} has exponent {int(own[bad])} above "
+                    f"the shared exponent {int(shared[bad])} (do all workers issue the same all-reduces?)"
+                )
+            payload = q.quantize(staged.blocks[rows], shared, self._n)
+        if op.started_at is None:
+            op.started_at = now
+        for i, s in enumerate(slots):
+            row = int(rows[i])
+            self._pkt_lanes[s][:] = payload[i]
+            op.used_exps[row] = shared[i]
+            op.rows_sent += 1
+            self._out_op[s] = op
+            self._out_row[s] = row
+            self._advance(s)
+            self._pack(s, exp=self._announce(s), flags=_NONFINITE if staged.nonfinite[row] else 0)
+            self._phase[s] = Phase.DATA_OUT
+            self._first_send(s, now)
+
+    def _pack(self, s: int, *, exp: int, flags: int) -> None:
+        j = self._round[s]
+        pack_header(
+            self._pkt[s],
+            0,
+            msg_type=MsgType.UPDATE,
+            size=self._size,
+            job=self.session.job_id,
+            tsi=(j * self._w + s) & _TSI_MASK,
+            slot=s,
+            set=j & 1,
+            exp=exp,
+            flags=flags,
+        )
+
+    def _first_send(self, s: int, now: float) -> None:
+        self._attempts[s] = 0
+        self._sent_at[s] = now
+        rto = self._rtt.rto
+        self._slot_rto[s] = rto
+        self._timers.push(now + rto, s, self._generation[s])
+        self._transmit(s)
+
+    def _retransmit_expired(self, now: float) -> None:
+        gen = self._generation
+        fired = False
+        for s, g in self._timers.pop_expired(now):
+            if g != gen[s] or self._phase[s] < Phase.WARMUP_OUT:
+                continue
+            fired = True
+            self._attempts[s] += 1
+            rto = min(self._slot_rto[s] * 2, self.config.rto.maximum)  # exponential backoff
+            self._slot_rto[s] = rto
+            self._timers.push(now + rto, s, g)
+            self.stats.retransmissions += 1
+            self._transmit(s)  # the same bytes as the first transmission
+        if fired:
+            self._rtt.backoff()  # once per scan, not per slot: W slots often expire together
+        self._timers.discard_stale(gen)
+
+    def _transmit(self, s: int) -> None:
+        stats = self.stats
+        if self.config.loss and self._rng.random() < self.config.loss:
+            stats.dropped_on_purpose += 1
+            return
+        try:
+            self._sock.sendto(self._pkt[s], self._dst)
+        except BlockingIOError:
+            stats.send_buffer_full += 1  # as good as lost: the retransmission timer covers it
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOBUFS):
+                stats.send_buffer_full += 1
+                return
+            raise
+        stats.updates_sent += 1
+        stats.bytes_sent += self._msg_len
+
+    # --- deadlines and shutdown ----------------------------------------------------------------------------
+
+    def _check_deadlines(self, now: float) -> None:
+        limit = self.config.deadline
+        for op in self._active.values():
+            if op.started_at is not None and now - op.started_at > limit:
+                raise self._timeout(op, now)
+
+    def _timeout(self, op: Operation, now: float) -> AllReduceTimeout:
+        missing = []
+        for s in range(self._w):
+            phase = self._phase[s]
+            if phase < Phase.WARMUP_OUT:
+                continue
+            if (phase == Phase.DATA_OUT and self._out_op[s] is op) or (
+                phase == Phase.WARMUP_OUT and self._queue[s][0][0] is op
+            ):
+                missing.append((s, (self._round[s] * self._w + s) & _TSI_MASK))
+        assert op.started_at is not None
+        return AllReduceTimeout(
+            job=self.session.job,
+            job_id=self.session.job_id,
+            rank=self.session.rank,
+            op_index=op.index,
+            waited=now - op.started_at,
+            deadline=self.config.deadline,
+            missing=missing,
+            unsent_chunks=op.num_blocks - op.rows_sent,
+            retransmissions=self.stats.retransmissions,
+        )
+
+    def _shutdown(self, error: BaseException | None) -> None:
+        """Fail everything still queued: with ``error`` if the stream broke, AgentClosedError if closed."""
+        if error is None:
+            closed: BaseException = AgentClosedError(
+                f"the client of job {self.session.job!r} rank {self.session.rank} was closed"
+            )
+        else:
+            closed = AgentBrokenError(error)
+        with self._lock:
+            self._closed_error = closed
+        pending = list(self._active.values())
+        while True:
+            try:
+                pending.append(self._submissions.get_nowait())
+            except queue.Empty:
+                break
+        self._active.clear()
+        self._on_fail(pending, error if error is not None else closed)
