@@ -445,6 +445,7 @@ class Pipeline:
             regs.tsi[index] = tsi
             regs.epoch[index] = epoch
             count = (num_workers - 1) & 0xFF
+            bitmap = bit  # a new round starts with this worker alone, whatever bits a broken round left
         else:
             if tsi != regs.tsi.item(index):
                 self._drop(_STALE, job, n)
@@ -456,8 +457,9 @@ class Pipeline:
             if flags:
                 regs.flags[index] |= flags
             count -= 1
+            bitmap |= bit
         regs.count[index] = count
-        regs.bitmap[index] = bitmap | bit
+        regs.bitmap[index] = bitmap  # set above: just this worker on a new round, OR-ed in on an add
         other = (1 - slot_set) * POOL_SLOTS + pool_base + slot
         regs.bitmap[other] &= ~bit & 0xFFFF_FFFF
         self._stat(job, _AGGREGATED, n)

@@ -566,3 +566,13 @@ def test_counters_count_bytes() -> None:
     index = 25 * 4 + JobStat.AGGREGATED
     assert int(stats.packets[index]) == 2 and int(stats.bytes[index]) == sum(map(len, frames))
     assert JOB_MCAST_GROUP_BASE + 25 in state.mcast_groups
+
+
+def test_a_new_round_starts_with_only_the_first_senders_bit() -> None:
+    """Bits a broken round left behind (count 0, other tsi) do not survive into the next round."""
+    job = make_job(26, 3)
+    _, pipeline = loaded_pipeline(job)
+    regs = pipeline.registers
+    regs.epoch[0], regs.bitmap[0], regs.count[0], regs.tsi[0] = job.epoch, 0b110, 0, 8
+    pipeline.process(update_frame(job.workers[0], tsi=9, slot=0, set_=0, lanes=random_lanes(32)), 1)
+    assert (int(regs.bitmap[0]), int(regs.count[0]), int(regs.tsi[0])) == (0b001, 2, 9)
