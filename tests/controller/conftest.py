@@ -161,7 +161,7 @@ def _entity_key(entity: p4r.Entity) -> bytes:
 class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
     """In-process P4Runtime server on 127.0.0.1 (port 0 picks a free port; a restart may reuse it)."""
 
-    def __init__(self, port: int = 0, api_version: str = "1.3.0") -> None:
+    def __init__(self, port: int = 0, api_version: str = "1.3.0", state_from: FakeP4Runtime | None = None) -> None:
         self._lock = threading.Condition()
         self.api_version = api_version
         self.writes: list[p4r.WriteRequest] = []
@@ -171,6 +171,11 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
         self.config: p4r.ForwardingPipelineConfig | None = None
         self.pipeline_pushes = 0
         self.fail_writes_with: int | None = None  # a gRPC code every update fails with, when set
+        if state_from is not None:  # the same switch, still running its pipeline, after a dropped connection
+            self.config = state_from.config
+            self.entities = dict(state_from.entities)
+            self.defaults = dict(state_from.defaults)
+            self.counters = dict(state_from.counters)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         p4r_grpc.add_P4RuntimeServicer_to_server(self, self.server)
         self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")

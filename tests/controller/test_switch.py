@@ -1,0 +1,196 @@
+"""The switch layer against an in-process fake P4Runtime server: the exact write requests, by P4Info name."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import finsy.switch
+import pytest
+from finsy.proto import rpc_code
+
+from netagg.constants import FLOOD_MCAST_GROUP, JOB_MCAST_GROUP_BASE
+from netagg.controller.errors import SwitchError, SwitchUnavailable
+from netagg.controller.jobs import Job, JobManager, JoinRequest
+from netagg.controller.switch import SwitchConnection
+
+pytestmark = pytest.mark.unit
+
+IP = {"10.0.0.1": 0x0A000001, "10.0.0.2": 0x0A000002, "10.0.0.3": 0x0A000003, "10.0.0.254": 0x0A0000FE}
+MAC = {1: 0x020000000001, 2: 0x020000000002, 3: 0x020000000003, "switch": 0x0200000000FE}
+
+STATIC = [
+    ("INSERT", "table", "arp_reply", {"target_addr": IP["10.0.0.254"]}, "reply_arp", {"mac": MAC["switch"]}),
+    ("INSERT", "table", "l2_forward", {"dst_addr": MAC[1]}, "forward", {"port": 1}),
+    ("INSERT", "table", "l2_forward", {"dst_addr": MAC[2]}, "forward", {"port": 2}),
+    ("INSERT", "table", "l2_forward", {"dst_addr": MAC[3]}, "forward", {"port": 3}),
+    ("INSERT", "mcast", FLOOD_MCAST_GROUP, [(1, 0), (2, 0), (3, 0)]),
+    ("INSERT", "table", "ingress_loss", {"port": 2}, "set_loss", {"threshold": 2**30}),
+    ("INSERT", "table", "egress_loss", {"port": 2}, "set_loss", {"threshold": 2**32 - 1}),
+    ("MODIFY", "table", "agg_addr(default)", {}, "set_agg_addr", {"mac": MAC["switch"], "addr": IP["10.0.0.254"]}),
+]
+
+
+@pytest.fixture(autouse=True)
+def fast_finsy_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # finsy waits 10 s before reconnecting when a connection lived less than 2 s; tests restart switches sooner.
+    monkeypatch.setattr(finsy.switch, "_FAIL_THROTTLE_SECS", 0.2)
+
+
+@pytest.fixture
+def connection(fake_switch, make_topo, pipeline) -> Iterator[SwitchConnection]:
+    conn = SwitchConnection(make_topo(fake_switch.address), *pipeline, call_timeout=10.0)
+    conn.start(timeout=10.0)
+    yield conn
+    conn.stop()
+
+
+def admit(conn: SwitchConnection, name: str = "j", slots: int = 8) -> tuple[JobManager, Job]:
+    """Admit a two-worker job (ranks on h1 and h2) through a JobManager driving the connection."""
+    manager = JobManager(conn.topology, conn)
+    result = {}
+
+    def rank1() -> None:
+        try:
+            result[1] = manager.join(JoinRequest(name, 2, 1, "10.0.0.2", 5001, lanes=128, slots=slots, timeout=10))
+        except Exception as ex:  # rank 0 raises the same failure; this one only must not leak
+            result[1] = ex
+
+    t = threading.Thread(target=rank1)
+    t.start()
+    result[0] = manager.join(JoinRequest(name, 2, 0, "10.0.0.1", 5000, lanes=128, slots=slots, timeout=10))
+    t.join(10)
+    return manager, result[0].job
+
+
+def job_updates(kind: str, job: Job) -> list[tuple]:
+    """What installing (kind INSERT) or deleting (DELETE) the two-worker job must write."""
+    jid = job.job_id
+    if kind == "INSERT":
+        workers = [
+            ("INSERT", "table", "workers", {"job": jid, "src_addr": IP[f"10.0.0.{r + 1}"], "src_port": 5000 + r},
+             "set_worker", {"worker_id": r, "num_workers": 2, "pool_base": job.pool.base, "pool_size": 8,
+                            "size": 2, "epoch": job.epoch, "port": r + 1})
+            for r in range(2)
+        ]
+        results = [
+            ("INSERT", "table", "results", {"job": jid, "worker_id": r}, "set_result_dst",
+             {"mac": MAC[r + 1], "addr": IP[f"10.0.0.{r + 1}"], "port": 5000 + r})
+            for r in range(2)
+        ]
+        return workers + results + [("INSERT", "mcast", JOB_MCAST_GROUP_BASE + jid, [(1, 0), (2, 1)])]
+    workers = [("DELETE", "table", "workers", {"job": jid, "src_addr": IP[f"10.0.0.{r + 1}"], "src_port": 5000 + r},
+                None, {}) for r in range(2)]
+    results = [("DELETE", "table", "results", {"job": jid, "worker_id": r}, None, {}) for r in range(2)]
+    return workers + results + [("DELETE", "mcast", JOB_MCAST_GROUP_BASE + jid, [])]
+
+
+def test_start_pushes_pipeline_and_installs_static_state(connection, fake_switch, schema) -> None:
+    assert fake_switch.pipeline_pushes == 1
+    assert fake_switch.updates(schema) == STATIC
+    # Every write carries this controller's device and election id.
+    assert {(w.device_id, w.election_id.low) for w in fake_switch.writes} == {(1, 10)}
+
+
+def test_start_pushes_even_when_the_switch_runs_the_pipeline(fake_switch, make_topo, pipeline) -> None:
+    # A previous controller left its pipeline (and register state) behind: this one must reset it.
+    for expected_pushes in (1, 2):
+        conn = SwitchConnection(make_topo(fake_switch.address), *pipeline)
+        conn.start(timeout=10.0)
+        conn.stop()
+        assert fake_switch.pipeline_pushes == expected_pushes
+
+
+def test_job_admission_and_teardown_writes(connection, fake_switch, schema) -> None:
+    start = fake_switch.write_count()
+    manager, job = admit(connection)
+    assert fake_switch.updates(schema, start) == job_updates("INSERT", job)
+    start = fake_switch.write_count()
+    manager.leave(job.name, 0)
+    manager.leave(job.name, 1)
+    assert fake_switch.updates(schema, start) == job_updates("DELETE", job)
+    assert fake_switch.table_entries(schema, "workers") == []
+
+
+def test_write_errors_are_translated_with_details(connection, fake_switch) -> None:
+    fake_switch.fail_writes_with = rpc_code.RESOURCE_EXHAUSTED
+    with pytest.raises(SwitchError) as info:
+        admit(connection)
+    error = info.value
+    assert error.code == "UNKNOWN" and error.operation == "insert"
+    assert len(error.details) == 5
+    assert error.details[0].code == "RESOURCE_EXHAUSTED"
+    assert "table workers" in error.details[0].update and "set_worker" in error.details[0].update
+    assert "multicast group" in error.details[4].update
+
+
+def test_switch_restart_reinstalls_static_state_and_jobs(connection, fake_switch, fake_switch_class, schema) -> None:
+    _, job = admit(connection)
+    port, before = fake_switch.port, connection.ready_count
+    fake_switch.stop()
+    restarted = fake_switch_class(port)  # an empty switch: no pipeline, no entries
+    try:
+        restarted.wait_writes(2, timeout=20)
+        connection.wait_ready(20)
+        _wait(lambda: connection.ready_count > before)
+        assert restarted.pipeline_pushes == 1
+        inserted = sorted(map(repr, restarted.updates(schema)))
+        assert inserted == sorted(map(repr, STATIC[:-1] + job_updates("INSERT", job) + STATIC[-1:]))
+    finally:
+        restarted.stop()
+
+
+def test_dropped_connection_reconciles_without_duplicates(connection, fake_switch, fake_switch_class, schema) -> None:
+    manager, job = admit(connection)
+    port, before = fake_switch.port, connection.ready_count
+    fake_switch.stop()
+    same = fake_switch_class(port, state_from=fake_switch)  # the switch kept running: same pipeline, entries
+    try:
+        _wait(lambda: connection.ready_count > before)
+        assert same.pipeline_pushes == 0
+        updates = same.updates(schema)
+        assert {u[0] for u in updates} == {"INSERT", "MODIFY"}
+        # Everything already there was rewritten with MODIFY; nothing is missing or doubled.
+        assert len(same.table_entries(schema, "workers")) == 2
+        assert len(same.table_entries(schema, "l2_forward")) == 3
+        # A job removed after the reconnect is deleted from the switch.
+        manager.leave(job.name, 0)
+        manager.leave(job.name, 1)
+        assert same.table_entries(schema, "workers") == []
+    finally:
+        same.stop()
+
+
+def test_teardown_while_disconnected_is_applied_on_reconnect(connection, fake_switch, fake_switch_class, schema):
+    manager, job = admit(connection)
+    port = fake_switch.port
+    fake_switch.stop()
+    _wait(lambda: not connection.is_ready)
+    with pytest.raises(SwitchUnavailable):
+        admit(connection, name="other")
+    manager.leave(job.name, 0)
+    manager.leave(job.name, 1)  # the switch is unreachable: the delete is queued
+    same = fake_switch_class(port, state_from=fake_switch)
+    try:
+        connection.wait_ready(20)
+        _wait(lambda: same.table_entries(schema, "workers") == [])
+        assert same.table_entries(schema, "results") == []
+    finally:
+        same.stop()
+
+
+def test_counter_reads(connection, fake_switch, schema) -> None:
+    fake_switch.set_counter(schema, "drops", 3, 7, 700)
+    fake_switch.set_counter(schema, "drops", 9, 2, 200)
+    assert connection.read_counter("drops") == {3: (7, 700), 9: (2, 200)}
+    assert connection.read_counter("drops", [9, 4]) == {9: (2, 200), 4: (0, 0)}
+
+
+def _wait(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        tick.wait(0.02)
