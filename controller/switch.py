@@ -135,6 +135,7 @@ class SwitchConnection:
         self._jobs: dict[int, Job] = {}  # what the switch must hold, by job id
         self._pending_deletes: list[Job] = []  # removed while the switch was unreachable
         self._generation = 0  # +1 each time the switch was found empty (registers and counters zeroed)
+        self._last_error = ""  # why the last (re)install failed, for SwitchUnavailable messages
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -149,7 +150,9 @@ class SwitchConnection:
         try:
             self._call(self._start(timeout), timeout + self._call_timeout)
             if not self._ready.wait(max(timeout, 1.0)):
-                raise SwitchUnavailable(f"switch {self.topology.address} did not become ready within {timeout:g} s")
+                raise SwitchUnavailable(
+                    f"switch {self.topology.address} did not become ready within {timeout:g} s{self._why()}"
+                )
         except BaseException:
             self.stop()
             raise
@@ -237,7 +240,13 @@ class SwitchConnection:
             return
         assert self._lock is not None
         async with self._lock:
-            fresh = await self._reinstall(switch)
+            try:
+                fresh = await self._reinstall(switch)
+            except SwitchError as ex:
+                # finsy logs the failure, drops the connection and tries again later.
+                self._last_error = str(ex)
+                raise
+            self._last_error = ""
             if fresh:
                 self._generation += 1
             self._ready_count += 1
@@ -297,8 +306,11 @@ class SwitchConnection:
 
     def _connected(self) -> Switch:
         if self._switch is None or not self._ready.is_set():
-            raise SwitchUnavailable(f"no ready P4Runtime connection to {self.topology.address}")
+            raise SwitchUnavailable(f"no ready P4Runtime connection to {self.topology.address}{self._why()}")
         return self._switch
+
+    def _why(self) -> str:
+        return f" (last attempt to program it: {self._last_error})" if self._last_error else ""
 
     # --- JobProgrammer ---------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -194,3 +195,19 @@ def _wait(condition, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         tick.wait(0.02)
+
+
+def test_start_fails_clearly_when_the_switch_refuses_the_static_state(fake_switch, make_topo, pipeline) -> None:
+    fake_switch.fail_writes_with = rpc_code.INVALID_ARGUMENT
+    conn = SwitchConnection(make_topo(fake_switch.address), *pipeline)
+    with pytest.raises(SwitchUnavailable, match=r"(?s)did not become ready.*INVALID_ARGUMENT: injected failure"):
+        conn.start(timeout=1.0)
+
+
+def test_start_fails_clearly_when_nothing_listens(make_topo, pipeline) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    conn = SwitchConnection(make_topo(address), *pipeline)
+    with pytest.raises(SwitchUnavailable, match=f"cannot push the pipeline to {address} within 0.5 s: UNAVAILABLE"):
+        conn.start(timeout=0.5)
