@@ -1,0 +1,1 @@
+"""Packet-level conformance suite: one set of tests run against every switch target (see README.md)."""
