@@ -16,8 +16,10 @@ from dataclasses import dataclass
 class RtoConfig:
     """Retransmission timeout bounds, in seconds."""
 
-    initial: float = 0.02
-    minimum: float = 0.005
+    # A floor well above loopback RTTs: a Python data path on a busy machine stalls for milliseconds now and
+    # then, and retransmitting into that stall only adds load (measured: docs/host_agent.md, "Tuning").
+    initial: float = 0.05
+    minimum: float = 0.02
     maximum: float = 0.5
 
     def __post_init__(self) -> None:

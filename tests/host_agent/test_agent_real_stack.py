@@ -1,0 +1,121 @@
+"""The host agent against the real software switch (UDP mode) and controller, each a child process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netagg.host_agent.client import AllReduceClient
+from netagg.host_agent.errors import AllReduceTimeout
+
+from agent_harness import WAIT, assert_close_to_reference, run_ranks
+from real_stack import Stack, missing_reason
+
+pytestmark = pytest.mark.loopback
+
+if missing_reason():
+    pytest.skip(missing_reason(), allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def lossy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("lossy"), ingress_loss=0.1, egress_loss=0.1)
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+def _inputs(n: int, seed: int) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        [
+            (rng.standard_normal(50000) * (r + 1)).astype(np.float32),
+            rng.integers(-1000, 1000, size=3000, dtype=np.int32),
+            rng.standard_normal(3).astype(np.float32),
+        ]
+        for r in range(n)
+    ]
+
+
+def _run(stack: Stack, job: str, inputs: list[list[np.ndarray]], **options: object) -> list[list[np.ndarray]]:
+    n = len(inputs)
+    controller = stack.controller()
+
+    def body(rank: int, _: object) -> list[np.ndarray]:
+        with AllReduceClient.join(controller, job, n, rank, join_timeout=30, deadline=20, **options) as client:
+            futures = [client.allreduce_async(x, inplace=False) for x in inputs[rank]]
+            return [f.result(WAIT) for f in futures]
+
+    return run_ranks([None] * n, body)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("num_workers", [1, 2, 4])
+def test_sums_through_the_software_switch(stack: Stack, num_workers: int) -> None:
+    inputs = _inputs(num_workers, seed=num_workers)
+    results = _run(stack, f"sum-{num_workers}", inputs)
+    for r in range(num_workers):
+        assert_close_to_reference(results[r][0], [x[0] for x in inputs], 256)
+        np.testing.assert_array_equal(results[r][1], np.sum([x[1] for x in inputs], axis=0, dtype=np.int32))
+        np.testing.assert_array_equal(results[r][0], results[0][0])
+
+
+def test_loss_at_the_switch_and_the_agent_gives_identical_bits(stack: Stack, lossy_stack: Stack) -> None:
+    inputs = _inputs(3, seed=21)
+    lossless = _run(stack, "lossless", inputs)
+    lossy = _run(lossy_stack, "lossy", inputs, loss=0.01, loss_seed=3)
+    for r in range(3):
+        for got, want in zip(lossy[r], lossless[r]):
+            np.testing.assert_array_equal(got, want)
+    drops = lossy_stack.controller().stats()["switch"]["drops"]
+    assert drops["SIMULATED_LOSS"]["packets"] > 0
+
+
+def test_stopped_worker_fails_the_other_within_its_deadline(stack: Stack) -> None:
+    controller = stack.controller()
+
+    def body(rank: int, _: object) -> str:
+        with AllReduceClient.join(controller, "stopping", 2, rank, join_timeout=30, deadline=1.0) as client:
+            client.allreduce(np.ones(1000, np.float32))
+            if rank == 1:
+                return "stopped"
+            with pytest.raises(AllReduceTimeout) as info:
+                client.allreduce(np.ones(1000, np.float32))
+            return str(info.value)
+
+    message = run_ranks([None, None], body)[0]  # type: ignore[list-item]
+    assert "job 'stopping'" in message and "rank 0" in message and "still missing" in message
+
+
+def test_cli_runs_checks_and_reports_goodput(stack: Stack, tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "netagg.host_agent.cli", "--controller", stack.api, "--job", "cli",
+             "--world-size", "2", "--rank", str(rank), "--size", "100000", "--iterations", "2", "--check",
+             "--json", "--loss", "0.01", "--deadline", "20", "--join-timeout", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for rank in range(2)
+    ]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, err.decode()
+        reports.append(json.loads(out))
+    for rank, report in enumerate(reports):
+        assert report["rank"] == rank and report["check"]["ok"] and report["goodput_MBps"] > 0
