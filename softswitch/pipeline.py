@@ -91,21 +91,14 @@ _RANDOM_BATCH: Final = 4096
 
 # A decoded `workers` entry: worker id, worker count, pool base, pool size, size code, epoch, port.
 _Worker = tuple[int, int, int, int, int, int, int]
-# A decoded `results` entry: destination MAC (bytes), IPv4 address, UDP port.
-_ResultDst = tuple[bytes, int, int]
+# A decoded `results` entry: destination MAC (bytes), IPv4 address, UDP port, sum of the address's 16-bit words.
+_ResultDst = tuple[bytes, int, int, int]
 
 _MISS: Final = object()  # cache marker for "looked up, no usable entry"
 
 
 def _mac_bytes(value: int) -> bytes:
     return (value & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
-
-
-def ipv4_checksum_words(words_sum: int) -> int:
-    """Fold a one's-complement sum of 16-bit words and return the IPv4 header checksum."""
-    words_sum = (words_sum & 0xFFFF) + (words_sum >> 16)
-    words_sum = (words_sum & 0xFFFF) + (words_sum >> 16)
-    return ~words_sum & 0xFFFF
 
 
 class Registers:
@@ -121,6 +114,16 @@ class Registers:
         self.flags = np.zeros(copies, dtype=np.uint8)
         # Native-endian running sums; packets are big-endian and converted once per add.
         self.lanes = np.zeros((copies, MAX_LANES), dtype=np.int32)
+        # The data path reads and writes single entries through memoryviews of the same buffers: indexing
+        # one gives and takes plain ints, several times cheaper than numpy scalar access.
+        self.v_epoch = memoryview(self.epoch)
+        self.v_bitmap = memoryview(self.bitmap)
+        self.v_count = memoryview(self.count)
+        self.v_tsi = memoryview(self.tsi)
+        self.v_exp = memoryview(self.exp)
+        self.v_flags = memoryview(self.flags)
+        #: One row view per copy, so a packet slices a 1-D view instead of indexing the 2-D array.
+        self.rows = list(self.lanes)
 
     def reset(self) -> None:
         """Zero every register in place (the data path keeps references to these arrays)."""
@@ -181,6 +184,9 @@ class Pipeline:
         self._t_ingress_loss = tables.get("ingress_loss", empty)
         self._t_egress_loss = tables.get("egress_loss", empty)
         self._groups = state.mcast_groups
+        # Skip the loss lookups entirely while no drop simulator is configured (the common case).
+        self._ingress_loss_on = self._loss_configured(self._t_ingress_loss)
+        self._egress_loss_on = self._loss_configured(self._t_egress_loss)
         self._workers: dict[tuple[int, int, int], object] = {}
         self._results: dict[tuple[int, int], object] = {}
         self._ingress_loss: dict[int, int] = {}
@@ -196,9 +202,10 @@ class Pipeline:
             self._agg_src = None
         counters = state.counters
 
-        def packets_bytes(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        def packets_bytes(name: str) -> tuple[memoryview, memoryview] | None:
+            # memoryviews of the counter arrays: `view[i] += n` on plain ints, no numpy scalars per packet.
             counter = counters.get(name)
-            return (counter.packets, counter.bytes) if counter is not None else None
+            return (memoryview(counter.packets), memoryview(counter.bytes)) if counter is not None else None
 
         self._c_drops = packets_bytes("drops")
         self._c_job_drops = packets_bytes("job_drops")
@@ -215,14 +222,15 @@ class Pipeline:
                 hit = _MISS
             else:
                 p = action.params
+                # Masked to the P4Info widths, as the target's metadata fields would hold them.
                 hit = (
-                    p.get("worker_id", 0),
-                    p.get("num_workers", 0),
-                    p.get("pool_base", 0),
-                    p.get("pool_size", 0),
-                    p.get("size", 0),
-                    p.get("epoch", 0),
-                    p.get("port", 0),
+                    p.get("worker_id", 0) & 0xFF,
+                    p.get("num_workers", 0) & 0xFF,
+                    p.get("pool_base", 0) & 0xFFFF,
+                    p.get("pool_size", 0) & 0xFFFF,
+                    p.get("size", 0) & 0xFF,
+                    p.get("epoch", 0) & 0xFFFF,
+                    p.get("port", 0) & 0x1FF,
                 )
             self._workers[key] = hit
         return None if hit is _MISS else hit  # type: ignore[return-value]
@@ -236,9 +244,15 @@ class Pipeline:
                 hit = _MISS
             else:
                 p = action.params
-                hit = (_mac_bytes(p.get("mac", 0)), p.get("addr", 0) & 0xFFFF_FFFF, p.get("port", 0) & 0xFFFF)
+                addr = p.get("addr", 0) & 0xFFFF_FFFF
+                hit = (_mac_bytes(p.get("mac", 0)), addr, p.get("port", 0) & 0xFFFF, (addr >> 16) + (addr & 0xFFFF))
             self._results[key] = hit
         return None if hit is _MISS else hit  # type: ignore[return-value]
+
+    @staticmethod
+    def _loss_configured(table: Table) -> bool:
+        default = table.default
+        return bool(table.entries) or (default is not None and default.name == "set_loss")
 
     @staticmethod
     def _loss_threshold(table: Table, cache: dict[int, int], port: int) -> int:
@@ -379,7 +393,7 @@ class Pipeline:
             self._drop(_PARSER_ERROR, job, n)
             return []
         # 2. Drop simulator at ingress.
-        if self._t_ingress_loss.entries or self._t_ingress_loss.default is not None:
+        if self._ingress_loss_on:
             threshold = self._loss_threshold(self._t_ingress_loss, self._ingress_loss, ingress_port)
             if threshold and self._lost(threshold):
                 self._drop(_SIMULATED_LOSS, job, n)
@@ -412,14 +426,16 @@ class Pipeline:
             return []
         # 6. Read the copy's state; a copy last written under another epoch is fresh.
         regs = self.registers
+        v_bitmap = regs.v_bitmap
+        v_tsi = regs.v_tsi
         index = slot_set * POOL_SLOTS + pool_base + slot
-        fresh = regs.epoch.item(index) != epoch
+        fresh = regs.v_epoch[index] != epoch
         if fresh:
             bitmap = 0
             count = 0
         else:
-            bitmap = regs.bitmap.item(index)
-            count = regs.count.item(index)
+            bitmap = v_bitmap[index]
+            count = regs.v_count[index]
         bit = (1 << worker_id) & 0xFFFF_FFFF
         # 7. Decide.
         if bitmap & bit:
@@ -431,52 +447,48 @@ class Pipeline:
             if dst is None:
                 return []
             body = self._result_body(frame, b0, job, tsi, pool_index, index, lanes, end, n)
-            out = self._result_frame(frame, ip, udp[2], dst, body, worker_port, job)
-            return [] if out is None else [out]
+            return self._result_frames(frame, ip, udp[2], body, [(worker_port, dst)], job)
         packet_lanes = np.frombuffer(frame, dtype=LANE_DTYPE, count=lanes, offset=_LANES_OFFSET)
         if count == 0:
-            if not fresh and tsi == regs.tsi.item(index):
+            if not fresh and tsi == v_tsi[index]:
                 self._drop(_STALE, job, n)
                 return []
             # First contribution of a new round.
-            regs.lanes[index, :lanes] = packet_lanes
-            regs.exp[index] = exp
-            regs.flags[index] = flags
-            regs.tsi[index] = tsi
-            regs.epoch[index] = epoch
+            regs.rows[index][:lanes] = packet_lanes
+            regs.v_exp[index] = exp
+            regs.v_flags[index] = flags
+            v_tsi[index] = tsi
+            regs.v_epoch[index] = epoch
             count = (num_workers - 1) & 0xFF
             bitmap = bit  # a new round starts with this worker alone, whatever bits a broken round left
         else:
-            if tsi != regs.tsi.item(index):
+            if tsi != v_tsi[index]:
                 self._drop(_STALE, job, n)
                 return []
-            row = regs.lanes[index, :lanes]
-            np.add(row, packet_lanes, out=row, casting="unsafe")  # int32 wrap-around
-            if exp > regs.exp.item(index):
-                regs.exp[index] = exp
+            row = regs.rows[index][:lanes]
+            np.add(row, packet_lanes, out=row)  # int32 + int32: wraps around; the input is byteswapped once
+            if exp > regs.v_exp[index]:
+                regs.v_exp[index] = exp
             if flags:
-                regs.flags[index] |= flags
+                regs.v_flags[index] |= flags
             count -= 1
             bitmap |= bit
-        regs.count[index] = count
-        regs.bitmap[index] = bitmap  # set above: just this worker on a new round, OR-ed in on an add
+        regs.v_count[index] = count
+        v_bitmap[index] = bitmap  # set above: just this worker on a new round, OR-ed in on an add
         other = (1 - slot_set) * POOL_SLOTS + pool_base + slot
-        regs.bitmap[other] &= ~bit & 0xFFFF_FFFF
+        v_bitmap[other] &= ~bit & 0xFFFF_FFFF
         self._stat(job, _AGGREGATED, n)
         # 8. Complete? Multicast the sum to every worker of the job.
         if count:
             return []
         self._stat(job, _COMPLETED, n)
         body = self._result_body(frame, b0, job, tsi, pool_index, index, lanes, end, n)
-        outputs = []
+        copies = []
         for port, rid in self._groups.get(JOB_MCAST_GROUP_BASE + job, ()):
             dst = self._result_dst(job, rid)
-            if dst is None:
-                continue  # no `results` entry for this replica: nothing to address it to
-            out = self._result_frame(frame, ip, udp[2], dst, body, port, job)
-            if out is not None:
-                outputs.append(out)
-        return outputs
+            if dst is not None:  # no `results` entry: nothing to address the copy to (dropped, not counted)
+                copies.append((port, dst))
+        return self._result_frames(frame, ip, udp[2], body, copies, job)
 
     def _result_body(
         self,
@@ -500,65 +512,50 @@ class Pipeline:
             job,
             tsi,
             pool_index,
-            regs.exp.item(index),
-            regs.flags.item(index),
+            regs.v_exp[index],
+            regs.v_flags[index],
         )
-        np.frombuffer(body, dtype=LANE_DTYPE, count=lanes, offset=HEADER_BYTES)[:] = regs.lanes[index, :lanes]
+        np.frombuffer(body, dtype=LANE_DTYPE, count=lanes, offset=HEADER_BYTES)[:] = regs.rows[index][:lanes]
         if n > end:
             body += frame[end:n]  # bytes past the parsed headers ride along, as on a hardware target
         return bytes(body)
 
-    def _result_frame(
+    def _result_frames(
         self,
         frame: bytes | bytearray | memoryview,
         ip: tuple[int, ...],
         udp_length: int,
-        dst: _ResultDst,
         body: bytes,
-        port: int,
+        copies: list[tuple[int, _ResultDst]],
         job: int,
-    ) -> Output | None:
-        """Step 9 for one RESULT copy: rewrite the addresses, checksum, egress drop simulator."""
-        if self._t_egress_loss.entries or self._t_egress_loss.default is not None:
-            threshold = self._loss_threshold(self._t_egress_loss, self._egress_loss, port)
-            if threshold and self._lost(threshold):
-                self._drop(_SIMULATED_LOSS, job, AGG_OFFSET + len(body))
-                return None
-        dst_mac, dst_addr, dst_port = dst
+    ) -> list[Output]:
+        """Step 9 for the RESULT copies (egress port, destination) of one packet: rewrite the addresses,
+        recompute the IPv4 checksum, run the egress drop simulator."""
         agg = self._agg_src
         if agg is not None:
             src_mac, src_addr = agg
-        else:  # no agg_addr configured: the source fields stay as they were, as a P4 target would leave them
+        else:  # agg_addr without set_agg_addr: the source fields stay as they were, as on a P4 target
             src_mac, src_addr = bytes(frame[6:12]), ip[8]
         ver_ihl, tos, total_length, ident, frag, ttl, proto = ip[0:7]
-        checksum = ipv4_checksum_words(
-            (ver_ihl << 8 | tos)
-            + total_length
-            + ident
-            + frag
-            + (ttl << 8 | proto)
-            + (src_addr >> 16)
-            + (src_addr & 0xFFFF)
-            + (dst_addr >> 16)
-            + (dst_addr & 0xFFFF)
-        )
-        headers = _RESULT_HEADERS.pack(
-            dst_mac,
-            src_mac,
-            ETHERTYPE_IPV4,
-            ver_ihl,
-            tos,
-            total_length,
-            ident,
-            frag,
-            ttl,
-            proto,
-            checksum,
-            src_addr,
-            dst_addr,
-            AGG_UDP_PORT,
-            dst_port,
-            udp_length,
-            0,
-        )
-        return (port, headers + body)
+        # One's-complement sum of every header word but the destination, shared by all copies.
+        base = (ver_ihl << 8 | tos) + total_length + ident + frag + (ttl << 8 | proto)
+        base += (src_addr >> 16) + (src_addr & 0xFFFF)
+        pack = _RESULT_HEADERS.pack
+        egress_loss = self._egress_loss_on
+        outputs = []
+        for port, (dst_mac, dst_addr, dst_port, dst_sum) in copies:
+            if egress_loss:
+                threshold = self._loss_threshold(self._t_egress_loss, self._egress_loss, port)
+                if threshold and self._lost(threshold):
+                    self._drop(_SIMULATED_LOSS, job, AGG_OFFSET + len(body))
+                    continue
+            total = base + dst_sum
+            total = (total & 0xFFFF) + (total >> 16)
+            total = (total & 0xFFFF) + (total >> 16)
+            headers = pack(
+                dst_mac, src_mac, ETHERTYPE_IPV4,
+                ver_ihl, tos, total_length, ident, frag, ttl, proto, ~total & 0xFFFF, src_addr, dst_addr,
+                AGG_UDP_PORT, dst_port, udp_length, 0,
+            )  # fmt: skip
+            outputs.append((port, headers + body))
+        return outputs
