@@ -317,18 +317,19 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         return p4r.GetForwardingPipelineConfigResponse(config=out)
 
     def Write(self, request: p4r.WriteRequest, context: grpc.ServicerContext) -> p4r.WriteResponse:
-        try:
-            self._check_device(request.device_id, request.role)
-            self._check_primary(request)
-            loaded = self._require_pipeline()
-            if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-                raise P4RuntimeError(
-                    grpc.StatusCode.UNIMPLEMENTED, "only the CONTINUE_ON_ERROR atomicity is supported"
-                )
-        except P4RuntimeError as exc:
-            self._abort(context, exc)
         errors: list[P4RuntimeError | None] = []
+        # The pipeline is looked up under the lock, so a write never lands in a pipeline being replaced.
         with self.state.lock:
+            try:
+                self._check_device(request.device_id, request.role)
+                self._check_primary(request)
+                loaded = self._require_pipeline()
+                if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
+                    raise P4RuntimeError(
+                        grpc.StatusCode.UNIMPLEMENTED, "only the CONTINUE_ON_ERROR atomicity is supported"
+                    )
+            except P4RuntimeError as exc:
+                self._abort(context, exc)
             for update in request.updates:
                 try:
                     loaded.store.write(update)
@@ -370,8 +371,8 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         # Collect under the lock so that a read sees each write whole, then stream without holding it.
         try:
             self._check_device(request.device_id, request.role)
-            loaded = self._require_pipeline()
             with self.state.lock:
+                loaded = self._require_pipeline()
                 entities = [e for req in request.entities for e in loaded.store.read(req)]
         except P4RuntimeError as exc:
             self._abort(context, exc)

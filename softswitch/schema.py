@@ -243,6 +243,10 @@ class P4Schema:
         state.mcast_groups = {}
 
 
+def _plain(name: str) -> str:
+    return name.removeprefix(".")
+
+
 def load_p4info(path: Path) -> p4i.P4Info:
     """Read a P4Info file, protobuf text format (``.txtpb``, ``.txt``) or binary."""
     data = path.read_bytes()
@@ -265,16 +269,17 @@ def defaults_from_bmv2_json(data: bytes, p4info: p4i.P4Info) -> dict[str, Action
         json_tables = [t for pipe in doc["pipelines"] for t in pipe["tables"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise SchemaError(f"device config is not a BMv2 JSON: {exc!r}") from None
-    actions = {a.preamble.name: a for a in p4info.actions} | {a.preamble.alias: a for a in p4info.actions}
-    tables = {t.preamble.name: t for t in p4info.tables}
+    # Names are compared without a leading "." (the P4 source's "global name" marker).
+    actions = {_plain(n): a for a in p4info.actions for n in (a.preamble.name, a.preamble.alias)}
+    tables = {_plain(t.preamble.name): t for t in p4info.tables}
     defaults: dict[str, Action] = {}
     for jt in json_tables:
-        table = tables.get(jt.get("name"))
+        table = tables.get(_plain(jt.get("name") or ""))
         entry = jt.get("default_entry")
         if table is None or not entry:
             continue  # a table the P4Info does not expose (e.g. compiler-generated), or no default given
         ja = json_actions.get(entry.get("action_id"))
-        action = actions.get(ja["name"]) if ja else None
+        action = actions.get(_plain(ja["name"])) if ja else None
         if action is None:
             raise SchemaError(
                 f"BMv2 JSON: default action of table {table.preamble.name!r} is not in the P4Info"
