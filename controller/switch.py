@@ -1,7 +1,7 @@
 """The switch layer: one P4Runtime switch, kept programmed with the static state and the current jobs.
 
 finsy provides the encoding, the P4Info schema, the entities and the gRPC client; this module adds the
-lifecycle. At start it pushes the pipeline unconditionally (that zeroes every register, so the controller's
+lifecycle. At start it pushes the pipeline unconditionally, on a session of its own (that zeroes every register, so the controller's
 per-slot epoch record, which starts empty, is true). Later, whenever finsy (re)connects and becomes primary --
 after a dropped connection or a switch restart -- its ready handler re-installs everything: finsy first pushes
 the pipeline only if the switch does not already run it (cookie check), then ``_reinstall`` inserts the static
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from finsy import (
     GRPCStatusCode,
+    P4Client,
     P4ClientError,
     P4CounterEntry,
     P4MulticastGroupEntry,
@@ -34,6 +35,8 @@ from finsy import (
     SwitchEvent,
     SwitchOptions,
 )
+
+from finsy.proto import U128, p4r
 
 from .entries import Entity, agg_addr_default, job_entries, job_keys, static_entries
 from .errors import ConfigError, SwitchError, SwitchUnavailable, UpdateFailure
@@ -168,23 +171,65 @@ class SwitchConnection:
         deadline = time.monotonic() + timeout
         # A one-off session that always pushes the pipeline: the switch may still hold registers written under
         # epochs of a previous controller, which this one cannot know.
+        schema = P4Schema(self._p4info, self._p4blob)
         while True:
             try:
-                async with Switch(self._name, self.topology.address, options(p4force=True)):
-                    break
-            except P4ClientError as ex:
+                await self._push_pipeline(schema, max(deadline - time.monotonic(), 1.0))
+                break
+            except SwitchUnavailable as ex:
                 if time.monotonic() > deadline:
-                    raise SwitchUnavailable(
-                        f"cannot push the pipeline to {self.topology.address} within {timeout:g} s: "
-                        f"{ex.code.name}: {ex.message}"
-                    ) from None
-                log.info("switch %s not reachable yet (%s); retrying", self.topology.address, ex.code.name)
+                    raise SwitchUnavailable(f"cannot push the pipeline to {self.topology.address} within "
+                                            f"{timeout:g} s: {ex.status_message}") from None
+                log.info("switch %s not reachable yet (%s); retrying", self.topology.address, ex.status_message)
                 await asyncio.sleep(0.2)
         self._generation += 1
         switch = Switch(self._name, self.topology.address, options(ready_handler=self._on_ready))
         switch.ee.on(SwitchEvent.CHANNEL_DOWN, self._on_down)
         self._switch = switch
         self._run_task = asyncio.create_task(switch.run())
+
+    async def _push_pipeline(self, schema: P4Schema, timeout: float) -> None:
+        """Become primary on a fresh stream and push the pipeline with VERIFY_AND_COMMIT.
+
+        Raises SwitchUnavailable when the switch does not answer (worth retrying), SwitchError when it refuses.
+        """
+        topo = self.topology
+        client = P4Client(topo.address, wait_for_ready=False)
+        await client.open(schema=schema)
+        try:
+            election_id = U128.encode(topo.election_id)
+            arbitration = p4r.MasterArbitrationUpdate(device_id=topo.device_id, election_id=election_id)
+            try:
+                await client.send(p4r.StreamMessageRequest(arbitration=arbitration))
+                while True:
+                    reply = await asyncio.wait_for(client.receive(), timeout)
+                    if reply.WhichOneof("update") == "arbitration":
+                        break
+            except P4ClientError as ex:
+                if ex.code == GRPCStatusCode.UNAVAILABLE:
+                    raise SwitchUnavailable(f"{ex.code.name}: {ex.message}") from None
+                raise translate(ex, "arbitration") from None
+            except asyncio.TimeoutError:
+                raise SwitchUnavailable(f"no arbitration answer within {timeout:g} s") from None
+            if reply.arbitration.status.code != GRPCStatusCode.OK:
+                raise SwitchError(
+                    "arbitration", GRPCStatusCode(reply.arbitration.status.code).name,
+                    f"election id {topo.election_id} did not make this controller primary on device "
+                    f"{topo.device_id} (another controller with a higher election id is connected)",
+                )
+            request = p4r.SetForwardingPipelineConfigRequest(
+                device_id=topo.device_id,
+                election_id=election_id,
+                action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
+                config=schema.get_pipeline_config(),
+            )
+            try:
+                await client.request(request)
+            except P4ClientError as ex:
+                raise translate(ex, "push pipeline") from None
+            log.info("pipeline pushed to %s: %s", topo.address, schema.get_pipeline_info())
+        finally:
+            await client.close()
 
     def stop(self) -> None:
         """Close the connection and the loop thread (the switch keeps its state)."""
@@ -387,3 +432,5 @@ class SwitchConnection:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise SwitchError("P4Runtime request", "DEADLINE_EXCEEDED", f"no answer within {timeout:g} s") from None
+        except concurrent.futures.CancelledError:
+            raise SwitchUnavailable("the P4Runtime request was cancelled (connection closing)") from None

@@ -30,14 +30,14 @@ COMMITTED_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
 # --- a P4Info following the contract table of docs/protocol.md -----------------------------------------------
 
 _TABLES = [
-    # (name, [(key, bits)], [actions], default action)
-    ("Ingress.workers", [("job", 8), ("src_addr", 32), ("src_port", 16)], ["set_worker", "NoAction"], "NoAction"),
-    ("Egress.results", [("job", 8), ("worker_id", 8)], ["set_result_dst", "NoAction"], "NoAction"),
-    ("Egress.agg_addr", [], ["set_agg_addr"], "set_agg_addr"),
-    ("Ingress.l2_forward", [("dst_addr", 48)], ["forward", "flood"], "flood"),
-    ("Ingress.arp_reply", [("target_addr", 32)], ["reply_arp", "NoAction"], "NoAction"),
-    ("Ingress.ingress_loss", [("port", 9)], ["Ingress.set_loss", "NoAction"], "NoAction"),
-    ("Egress.egress_loss", [("port", 9)], ["Egress.set_loss", "NoAction"], "NoAction"),
+    # (name, [(key, bits)], [actions]); names as the P4 program gives them with @name(".name")
+    ("workers", [("job", 8), ("src_addr", 32), ("src_port", 16)], ["set_worker", "NoAction"]),
+    ("results", [("job", 8), ("worker_id", 8)], ["set_result_dst", "NoAction"]),
+    ("agg_addr", [], ["set_agg_addr"]),
+    ("l2_forward", [("dst_addr", 48)], ["forward", "flood"]),
+    ("arp_reply", [("target_addr", 32)], ["reply_arp", "NoAction"]),
+    ("ingress_loss", [("port", 9)], ["set_loss", "NoAction"]),
+    ("egress_loss", [("port", 9)], ["set_loss", "NoAction"]),
 ]
 _ACTIONS = {
     "NoAction": [],
@@ -48,9 +48,7 @@ _ACTIONS = {
     "forward": [("port", 9)],
     "flood": [],
     "reply_arp": [("mac", 48)],
-    # Two actions whose short names clash, as a compiler produces for set_loss in ingress and egress.
-    "Ingress.set_loss": [("threshold", 32)],
-    "Egress.set_loss": [("threshold", 32)],
+    "set_loss": [("threshold", 32)],
 }
 _COUNTERS = [("drops", NUM_DROP_REASONS), ("job_drops", MAX_JOBS * NUM_DROP_REASONS),
              ("job_stats", MAX_JOBS * NUM_JOB_STATS)]
@@ -68,22 +66,28 @@ def contract_p4info() -> p4i.P4Info:
         for j, (pname, bits) in enumerate(params):
             param = action.params.add()
             param.id, param.name, param.bitwidth = j + 1, pname, bits
-    for i, (name, keys, actions, default) in enumerate(_TABLES):
+    for i, (name, keys, actions) in enumerate(_TABLES):
         table = info.tables.add()
         table.preamble.id = (0x02 << 24) | (i + 1)
         table.preamble.name = name
-        table.preamble.alias = name.split(".")[-1]
+        table.preamble.alias = name
         for j, (kname, bits) in enumerate(keys):
             field = table.match_fields.add()
             field.id, field.name, field.bitwidth = j + 1, kname, bits
             field.match_type = p4i.MatchField.EXACT
         for action in actions:
             table.action_refs.add().id = action_ids[action]
+        # The default is the last action listed (NoAction, flood) except for agg_addr's set_agg_addr(0, 0).
+        default = actions[0] if name == "agg_addr" else actions[-1]
+        table.initial_default_action.action_id = action_ids[default]
+        for j, _ in enumerate(_ACTIONS[default]):
+            argument = table.initial_default_action.arguments.add()
+            argument.param_id, argument.value = j + 1, b"\x00"
         table.size = 1024
     for i, (name, size) in enumerate(_COUNTERS):
         counter = info.counters.add()
         counter.preamble.id = (0x12 << 24) | (i + 1)
-        counter.preamble.name = f"Ingress.{name}"
+        counter.preamble.name = name
         counter.preamble.alias = name
         counter.spec.unit = p4i.CounterSpec.BOTH
         counter.size = size
@@ -99,7 +103,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     p4info = folder / "netagg.p4info.txtpb"
     p4info.write_text(text_format.MessageToString(contract_p4info()))
     blob = folder / "netagg.json"
-    blob.write_text('{"program": "stand-in for the BMv2 JSON"}\n')
+    blob.write_text('{"actions": [], "pipelines": []}\n')  # a stand-in BMv2 JSON: no initial defaults
     return p4info, blob
 
 
