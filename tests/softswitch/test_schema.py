@@ -227,6 +227,7 @@ def test_committed_program_is_realizable() -> None:
     p4info = load_p4info(REFERENCE_P4INFO)
     defaults = defaults_from_bmv2_json(REFERENCE_BMV2_JSON.read_bytes(), p4info)
     schema = P4Schema(p4info, defaults)
+    assert set(defaults) == set(schema.tables), "the BMv2 JSON names every P4Info table's default"
     assert pipeline_differences(p4info, p4info) == []
     assert set(CONTRACT_KEYS) <= set(schema.tables)
     assert schema.tables["agg_addr"].initial_default == Action("set_agg_addr", {"mac": 0, "addr": 0})
