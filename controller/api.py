@@ -95,7 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     # --- plumbing ---------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR,
                        {"error": {"type": "InternalError", "message": f"{type(ex).__name__}: {ex}"}})
 
-    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+    def do_POST(self) -> None:
         routes = {"/v1/jobs/join": self._join, "/v1/jobs/leave": self._leave, "/v1/jobs/heartbeat": self._heartbeat}
         route = routes.get(urlsplit(self.path).path)
         if route is None:
@@ -139,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._dispatch(lambda: route(self._body()))
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         routes = {"/v1/jobs": lambda: self._jobs(), "/v1/stats": lambda: self._stats(query)}

@@ -19,7 +19,7 @@ _JOIN_SLACK = 15.0
 class ControllerClientError(Exception):
     """The controller answered with an error; ``type`` is the server's error class name (e.g. PoolExhausted)."""
 
-    def __init__(self, status: int, type: str, message: str) -> None:  # noqa: A002 - the API's field name
+    def __init__(self, status: int, type: str, message: str) -> None:
         self.status, self.type, self.message = status, type, message
         super().__init__(f"{type}: {message} (HTTP {status})")
 
@@ -118,6 +118,6 @@ class ControllerClient:
                 raise ControllerClientError(ex.code, err["type"], err["message"]) from None
             except (ValueError, KeyError, TypeError):
                 raise ControllerClientError(ex.code, "HTTPError", str(ex.reason)) from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as ex:
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as ex:
             reason = getattr(ex, "reason", ex)
             raise ControllerUnreachable(self.url, str(reason)) from None

@@ -209,7 +209,7 @@ class SwitchConnection:
                 if ex.code == GRPCStatusCode.UNAVAILABLE:
                     raise SwitchUnavailable(f"{ex.code.name}: {ex.message}") from None
                 raise translate(ex, "arbitration") from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise SwitchUnavailable(f"no arbitration answer within {timeout:g} s") from None
             if reply.arbitration.status.code != GRPCStatusCode.OK:
                 raise SwitchError(

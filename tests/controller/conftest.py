@@ -175,6 +175,7 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
         self.config: p4r.ForwardingPipelineConfig | None = None
         self.pipeline_pushes = 0
         self.fail_writes_with: int | None = None  # a gRPC code every update fails with, when set
+        self.refuse_pipeline: str | None = None  # SetForwardingPipelineConfig fails with this message, when set
         if state_from is not None:  # the same switch, still running its pipeline, after a dropped connection
             self.config = state_from.config
             self.entities = dict(state_from.entities)
@@ -239,6 +240,8 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
             return reply
 
     def SetForwardingPipelineConfig(self, request: Any, context: Any) -> p4r.SetForwardingPipelineConfigResponse:
+        if self.refuse_pipeline is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.refuse_pipeline)
         with self._lock:
             self.config = request.config
             self.pipeline_pushes += 1

@@ -67,7 +67,7 @@ def join_all(manager: JobManager, requests: list[JoinRequest]) -> list[Any]:
     def run(i: int) -> None:
         try:
             results[i] = manager.join(requests[i])
-        except Exception as ex:  # collected for the assertions
+        except Exception as ex:  # noqa: BLE001 - collected for the assertions
             results[i] = ex
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 
 import finsy.switch
 import pytest
-from finsy.proto import rpc_code
+from finsy import P4Schema, P4TableAction, P4TableEntry, P4TableMatch
+from finsy.proto import p4i, rpc_code
+from google.protobuf import text_format
 
 from netagg.constants import FLOOD_MCAST_GROUP, JOB_MCAST_GROUP_BASE
 from netagg.controller.errors import SwitchError, SwitchUnavailable
 from netagg.controller.jobs import Job, JobManager, JoinRequest
-from netagg.controller.switch import SwitchConnection
+from netagg.controller.switch import SwitchConnection, resolve_actions
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +57,7 @@ def admit(conn: SwitchConnection, name: str = "j", slots: int = 8) -> tuple[JobM
     def rank1() -> None:
         try:
             result[1] = manager.join(JoinRequest(name, 2, 1, "10.0.0.2", 5001, lanes=128, slots=slots, timeout=10))
-        except Exception as ex:  # rank 0 raises the same failure; this one only must not leak
+        except Exception as ex:  # noqa: BLE001 - rank 0 raises the same failure; this one must not leak
             result[1] = ex
 
     t = threading.Thread(target=rank1)
@@ -211,3 +213,22 @@ def test_start_fails_clearly_when_nothing_listens(make_topo, pipeline) -> None:
     conn = SwitchConnection(make_topo(address), *pipeline)
     with pytest.raises(SwitchUnavailable, match=f"cannot push the pipeline to {address} within 0.5 s: UNAVAILABLE"):
         conn.start(timeout=0.5)
+
+
+def test_start_reports_a_refused_pipeline(fake_switch, make_topo, pipeline) -> None:
+    fake_switch.refuse_pipeline = "this switch runs only the netagg program"
+    conn = SwitchConnection(make_topo(fake_switch.address), *pipeline)
+    with pytest.raises(SwitchError, match="push pipeline failed: INVALID_ARGUMENT: this switch runs only"):
+        conn.start(timeout=5.0)
+
+
+def test_actions_are_resolved_within_their_table(pipeline) -> None:
+    info = text_format.Parse(pipeline[0].read_text(), p4i.P4Info())
+    for action in info.actions:  # a compiler that qualifies the name: full name differs from the alias
+        if action.preamble.alias == "set_loss":
+            action.preamble.name, action.preamble.alias = "top.Ingress.set_loss", "Ingress.set_loss"
+    schema = P4Schema(info)
+    entry = P4TableEntry("ingress_loss", match=P4TableMatch(port=1), action=P4TableAction("set_loss", threshold=1))
+    (resolved,) = resolve_actions([entry], schema)
+    assert resolved.action.name == "Ingress.set_loss"
+    resolved.encode(schema)  # encodes without a lookup error
