@@ -77,12 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_MININET_MISSING.format(python=sys.executable), file=sys.stderr)
         return 2
     from .demo import Demo, DemoError, DemoOptions
+    from .processes import ProcessError
     from .topology import TopologyError
 
     options = DemoOptions(**vars(args))
     try:
         return Demo(options).run()
-    except (DemoError, TopologyError) as exc:
+    except (DemoError, TopologyError, ProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -54,8 +54,9 @@ class ProgressLine:
         if job is None:
             done = "waiting for every host to join"
         else:
+            # The agents' own protocol rounds make the count run slightly past the data's chunks: clamp.
             percent = min(100.0, 100.0 * job.completed / self.expected_chunks)
-            done = f"{percent:5.1f}% ({job.completed}/{self.expected_chunks} chunks summed"
+            done = f"{percent:5.1f}% ({job.completed} chunks summed"
             if job.retransmit_answered:
                 done += f", {job.retransmit_answered} retransmissions answered"
             done += ")"

@@ -1,0 +1,213 @@
+"""The Mininet demo end to end on the softswitch, and its teardown when interrupted half-way.
+
+The demo runs as a subprocess (``python -m examples.mininet``) from the repository root. The interrupt tests
+record, just before sending SIGINT, every process descended from the demo and the network namespaces those
+processes are in; afterwards none of those processes may be alive and no process on the machine may still be in
+one of those namespaces (a namespace lives as long as a process or a bind mount holds it), no named namespace
+may hold one, and no interface with the demo's names may have appeared here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = REPO_ROOT / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
+#: Interface names the demo gives (they live in the nodes' namespaces; none may show up in ours).
+#: The summary's last word on the results (bit-exact when the agent reports a digest, else the error bound).
+RESULT_OK = re.compile(r"^result: every host(?: got the reference result, bit for bit|'s result is within)",
+                       re.MULTILINE)
+DEMO_INTF = re.compile(r"^(h\d+-eth0|h\d+-mgmt|s1-eth\d+|s1-m\d+)(@.*)?$")
+
+
+def _requirements() -> str | None:
+    try:
+        import mininet.node  # noqa: F401
+    except ImportError:
+        return "Mininet's Python package is not importable (see docs/demo.md, 'Installing')"
+    missing = [t for t in ("mnexec", "ifconfig", "tc", "ethtool") if shutil.which(t) is None]
+    return f"needs {', '.join(missing)} (Debian packages mininet, net-tools, iproute2, ethtool)" if missing else None
+
+
+_MISSING = _requirements()
+needs_mininet = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
+needs_program = pytest.mark.skipif(
+    not PROGRAM.exists(), reason="the compiled P4 program (p4/v1model/build/) is not in this checkout: the "
+    "softswitch accepts only that P4Info"
+)
+
+
+def demo_argv(*options: str) -> list[str]:
+    return [sys.executable, "-m", "examples.mininet", "--target", "softswitch", *options]
+
+
+def run_demo(*options: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(demo_argv(*options), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+@needs_mininet
+@needs_program
+def test_demo_three_hosts_on_the_softswitch_get_the_reference_result() -> None:
+    done = run_demo("--hosts", "3", "--size", "200000", "--lanes", "64", "--iterations", "1", "--timeout", "60")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "switch: the softswitch (--target softswitch)" in out
+    assert "connectivity: 2 hosts ping h1 through the switch" in out
+    for host in ("h1", "h2", "h3"):
+        assert re.search(rf"^  {host}\s+[\d.]+\s+[\d.]+\s+\d+\s+(bit-exact|within)", out, re.MULTILINE), out
+    assert RESULT_OK.search(out), out
+    assert "teardown: stopped" in out and "teardown problems" not in out
+
+
+@needs_mininet
+@needs_program
+def test_demo_with_loss_and_shaping_recovers() -> None:
+    done = run_demo("--hosts", "2", "--size", "65536", "--loss", "0.02", "--bw", "50", "--iterations", "1",
+                    "--timeout", "90")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "links shaped to 50 Mbit/s" in out and "simulated loss 0.02" in out
+    assert re.search(r"^switch drops \(all traffic\): .*simulated_loss \d+", out, re.MULTILINE), out
+    assert RESULT_OK.search(out), out
+
+
+@needs_mininet
+def test_demo_refuses_bmv2_when_it_is_absent_and_says_so() -> None:
+    if shutil.which("simple_switch_grpc"):
+        pytest.skip("simple_switch_grpc is on PATH")
+    done = subprocess.run([sys.executable, "-m", "examples.mininet", "--target", "bmv2"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "simple_switch_grpc is not on PATH" in done.stderr
+
+
+# -- interrupted half-way --------------------------------------------------------------------------------------
+
+
+def _root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+
+
+def _named_netns_inodes() -> dict[str, int]:
+    found = {}
+    for path in Path("/run/netns").glob("*") if Path("/run/netns").is_dir() else ():
+        try:
+            found[path.name] = path.stat().st_ino
+        except OSError:
+            continue
+    return found
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, start time) of a process, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[19])
+
+
+def _descendants(root: int) -> dict[int, int]:
+    """PID -> start time of every live process descended from ``root``."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            table[int(entry.name)] = st
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, start) in table.items():
+            if ppid == parent and pid not in found:
+                found[pid] = start
+                frontier.append(pid)
+    return found
+
+
+def _netns_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def _processes_in(namespaces: set[int]) -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _netns_inode(int(e.name)) in namespaces]
+
+
+def _lines(proc: subprocess.Popen[str], deadline: float) -> Iterator[str]:
+    """The demo's output lines as they come, until ``deadline``."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                return
+            yield line
+
+
+def interrupt_when(marker: re.Pattern[str], *options: str) -> None:
+    """Start the demo, send SIGINT when a line matches ``marker``, and check that nothing of it is left."""
+    links_before = _root_links()
+    named_before = _named_netns_inodes()
+    own_ns = _netns_inode(os.getpid())
+    proc = subprocess.Popen(demo_argv(*options), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    seen: list[str] = []
+    try:
+        for line in _lines(proc, time.monotonic() + 90):
+            seen.append(line)
+            if marker.search(line):
+                break
+        else:
+            pytest.fail(f"no line matching {marker.pattern!r} within 90 s:\n{''.join(seen)}")
+        started = _descendants(proc.pid)
+        namespaces = {ns for pid in started if (ns := _netns_inode(pid)) is not None} - {own_ns}
+        assert started and namespaces, "the demo had started no processes in namespaces of its own"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out
+    assert "interrupted: tearing down" in out and "teardown problems" not in out, out
+    survivors = [pid for pid, start in started.items() if (st := _stat(pid)) is not None and st[1] == start]
+    assert not survivors, f"processes of the demo still alive: {survivors}\n{out}"
+    assert not _processes_in(namespaces), "processes are still in the demo's namespaces"
+    new_named = {name for name, ino in _named_netns_inodes().items() if name not in named_before}
+    assert not {name for name in new_named if _named_netns_inodes().get(name) in namespaces}
+    assert not {name for name in _root_links() - links_before if DEMO_INTF.match(name)}
+
+
+@needs_mininet
+def test_interrupt_after_the_switch_started_leaves_nothing_behind() -> None:
+    interrupt_when(re.compile(r"^switch: softswitch pid \d+"), "--hosts", "3")
+
+
+@needs_mininet
+@needs_program
+def test_interrupt_during_the_job_leaves_nothing_behind() -> None:
+    # Shaped links make the job take long enough to be caught running.
+    interrupt_when(re.compile(r"^progress: .*% \("), "--hosts", "3", "--size", "4000000", "--bw", "5",
+                   "--iterations", "2", "--timeout", "120")
