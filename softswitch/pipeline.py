@@ -61,6 +61,8 @@ _IPV4 = struct.Struct("!BBHHHBBHII")
 _UDP = struct.Struct("!HHHH")
 # Aggregation header: byte 0, job, tsi, set/slot, exp (signed), flags.
 _AGG = struct.Struct("!BBIHbB")
+# EtherType, IPv4, UDP and aggregation headers of an aggregation packet, in one unpack.
+_ALL_HEADERS = struct.Struct("!12xH" "BBHHHBBHII" "HHHH" "BBIHbB")
 # ARP: htype, ptype, hlen, plen, oper, sha, spa, tha, tpa.
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 # Everything in front of the aggregation header of a RESULT, written in one call per replica.
@@ -213,7 +215,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ lookups
 
-    def _worker(self, job: int, src: int, sport: int) -> _Worker | None:
+    def _worker(self, job: int, src: int, sport: int) -> _Worker | object:
+        """The decoded ``workers`` entry, or ``_MISS``; cached until the next control-plane write."""
         key = (job, src, sport)
         hit = self._workers.get(key)
         if hit is None:
@@ -233,7 +236,7 @@ class Pipeline:
                     p.get("port", 0) & 0x1FF,
                 )
             self._workers[key] = hit
-        return None if hit is _MISS else hit  # type: ignore[return-value]
+        return hit  # type: ignore[return-value]
 
     def _result_dst(self, job: int, worker_id: int) -> _ResultDst | None:
         key = (job, worker_id)
@@ -304,6 +307,15 @@ class Pipeline:
         """Run one frame through the pipeline; return the frames to send. Never raises for any input."""
         try:
             with self._lock:
+                if self.state.generation != self._generation:
+                    self._refresh()
+                if len(frame) >= _LANES_OFFSET:
+                    # Fast path: every header of an aggregation packet in one unpack.
+                    h = _ALL_HEADERS.unpack_from(frame)
+                    if h[0] == ETHERTYPE_IPV4 and h[1] == 0x45 and h[7] == IPPROTO_UDP and h[12] == AGG_UDP_PORT:
+                        if not self._loaded:
+                            return []
+                        return self._aggregate(frame, len(frame), ingress_port, h[1:11], h[11:15], h[15:])
                 return self._process(frame, ingress_port)
         except Exception:  # a bug here must not stop the switch: log it, count it, drop the frame
             self.internal_errors += 1
@@ -313,8 +325,6 @@ class Pipeline:
             return []
 
     def _process(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
-        if self.state.generation != self._generation:
-            self._refresh()
         if not self._loaded:
             return []  # no pipeline loaded: drop everything
         n = len(frame)
@@ -333,7 +343,10 @@ class Pipeline:
                     return []
                 udp = _UDP.unpack_from(frame, _UDP_OFFSET)
                 if udp[1] == AGG_UDP_PORT:
-                    return self._aggregate(frame, n, ingress_port, ip, udp)
+                    if n < _LANES_OFFSET:
+                        self._drop(_PARSER_ERROR, -1, n)
+                        return []
+                    return self._aggregate(frame, n, ingress_port, ip, udp, _AGG.unpack_from(frame, AGG_OFFSET))
         elif ethertype == ETHERTYPE_ARP:
             if n < ETH_HEADER_BYTES + _ARP_BYTES:
                 self._drop(_PARSER_ERROR, -1, n)
@@ -379,13 +392,12 @@ class Pipeline:
         ingress_port: int,
         ip: tuple[int, ...],
         udp: tuple[int, ...],
+        agg: tuple[int, ...],
     ) -> list[Output]:
-        """Steps 1-9 of docs/protocol.md for a UDP packet to the aggregation port."""
-        # 1. Parse: the header, then as many lanes as a defined size code announces.
-        if n < _LANES_OFFSET:
-            self._drop(_PARSER_ERROR, -1, n)
-            return []
-        b0, job, tsi, pool_index, exp, flags = _AGG.unpack_from(frame, AGG_OFFSET)
+        """Steps 1-9 of docs/protocol.md for a UDP packet to the aggregation port whose aggregation header
+        (``agg``) was parsed."""
+        # 1. Parse the lanes a defined size code announces.
+        b0, job, tsi, pool_index, exp, flags = agg
         size = b0 & 0x07
         lanes = LANES_PER_BLOCK << size if size <= _MAX_SIZE_CODE else 0
         end = _LANES_OFFSET + lanes * LANE_BYTES
@@ -406,8 +418,8 @@ class Pipeline:
             self._drop(_RESERVED_BIT, job, n)
             return []
         # 4. Who sent it (also the anti-spoofing check).
-        worker = self._worker(job, ip[8], udp[0])
-        if worker is None:
+        worker = self._workers.get((job, ip[8], udp[0])) or self._worker(job, ip[8], udp[0])
+        if worker is _MISS:
             self._drop(_UNKNOWN_WORKER, job, n)
             return []
         worker_id, num_workers, pool_base, pool_size, admitted_size, epoch, worker_port = worker
@@ -477,7 +489,11 @@ class Pipeline:
         v_bitmap[index] = bitmap  # set above: just this worker on a new round, OR-ed in on an add
         other = (1 - slot_set) * POOL_SLOTS + pool_base + slot
         v_bitmap[other] &= ~bit & 0xFFFF_FFFF
-        self._stat(job, _AGGREGATED, n)
+        counters = self._c_job_stats
+        if counters is not None:
+            stat_index = job * NUM_JOB_STATS + _AGGREGATED
+            counters[0][stat_index] += 1
+            counters[1][stat_index] += n
         # 8. Complete? Multicast the sum to every worker of the job.
         if count:
             return []
