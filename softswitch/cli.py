@@ -169,8 +169,14 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
                 log.error("data path stopped: %s", switch.error)
                 return 1
     stats = ports.stats
-    log.info("stopped: %d frames in, %d out, %d unroutable, %d send errors, %d pipeline errors",
-             stats.rx, stats.tx, stats.tx_unroutable, stats.tx_errors, pipeline.internal_errors)
+    log.info(
+        "stopped: %d frames in, %d out, %d unroutable, %d send errors, %d pipeline errors",
+        stats.rx,
+        stats.tx,
+        stats.tx_unroutable,
+        stats.tx_errors,
+        pipeline.internal_errors,
+    )
     return 0
 
 
@@ -179,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.udp is not None and args.interface:
         build_parser().error("--udp and -i are exclusive: UDP mode has exactly one port")
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     stop = threading.Event()
 

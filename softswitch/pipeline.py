@@ -19,6 +19,7 @@ import threading
 from typing import Final
 
 import numpy as np
+from netagg.softswitch.state import SwitchState, Table
 
 from netagg.constants import (
     AGG_UDP_PORT,
@@ -36,7 +37,6 @@ from netagg.constants import (
     JobStat,
     MsgType,
 )
-from netagg.softswitch.state import SwitchState, Table
 from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, HEADER_BYTES, IPV4_HEADER_BYTES, LANE_DTYPE
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,11 @@ _UDP = struct.Struct("!HHHH")
 # Aggregation header: byte 0, job, tsi, set/slot, exp (signed), flags.
 _AGG = struct.Struct("!BBIHbB")
 # EtherType, IPv4, UDP and aggregation headers of an aggregation packet, in one unpack.
-_ALL_HEADERS = struct.Struct("!12xH" "BBHHHBBHII" "HHHH" "BBIHbB")
+_ALL_HEADERS = struct.Struct("!12xH" + "BBHHHBBHII" + "HHHH" + "BBIHbB")
 # ARP: htype, ptype, hlen, plen, oper, sha, spa, tha, tpa.
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 # Everything in front of the aggregation header of a RESULT, written in one call per replica.
-_RESULT_HEADERS = struct.Struct("!6s6sH" "BBHHHBBHII" "HHHH")
+_RESULT_HEADERS = struct.Struct("!6s6sH" + "BBHHHBBHII" + "HHHH")
 assert _RESULT_HEADERS.size == AGG_OFFSET
 
 _MAX_SIZE_CODE: Final = max(SIZE_CODES)
@@ -248,7 +248,12 @@ class Pipeline:
             else:
                 p = action.params
                 addr = p.get("addr", 0) & 0xFFFF_FFFF
-                hit = (_mac_bytes(p.get("mac", 0)), addr, p.get("port", 0) & 0xFFFF, (addr >> 16) + (addr & 0xFFFF))
+                hit = (
+                    _mac_bytes(p.get("mac", 0)),
+                    addr,
+                    p.get("port", 0) & 0xFFFF,
+                    (addr >> 16) + (addr & 0xFFFF),
+                )
             self._results[key] = hit
         return None if hit is _MISS else hit  # type: ignore[return-value]
 
@@ -312,7 +317,12 @@ class Pipeline:
                 if len(frame) >= _LANES_OFFSET:
                     # Fast path: every header of an aggregation packet in one unpack.
                     h = _ALL_HEADERS.unpack_from(frame)
-                    if h[0] == ETHERTYPE_IPV4 and h[1] == 0x45 and h[7] == IPPROTO_UDP and h[12] == AGG_UDP_PORT:
+                    if (
+                        h[0] == ETHERTYPE_IPV4
+                        and h[1] == 0x45
+                        and h[7] == IPPROTO_UDP
+                        and h[12] == AGG_UDP_PORT
+                    ):
                         if not self._loaded:
                             return []
                         return self._aggregate(frame, len(frame), ingress_port, h[1:11], h[11:15], h[15:])
@@ -320,7 +330,9 @@ class Pipeline:
         except Exception:  # a bug here must not stop the switch: log it, count it, drop the frame
             self.internal_errors += 1
             if self.internal_errors == 1:
-                log.exception("pipeline error (frame of %d bytes on port %d dropped)", len(frame), ingress_port)
+                log.exception(
+                    "pipeline error (frame of %d bytes on port %d dropped)", len(frame), ingress_port
+                )
             self._drop(_PARSER_ERROR, -1, len(frame))
             return []
 
@@ -346,7 +358,9 @@ class Pipeline:
                     if n < _LANES_OFFSET:
                         self._drop(_PARSER_ERROR, -1, n)
                         return []
-                    return self._aggregate(frame, n, ingress_port, ip, udp, _AGG.unpack_from(frame, AGG_OFFSET))
+                    return self._aggregate(
+                        frame, n, ingress_port, ip, udp, _AGG.unpack_from(frame, AGG_OFFSET)
+                    )
         elif ethertype == ETHERTYPE_ARP:
             if n < ETH_HEADER_BYTES + _ARP_BYTES:
                 self._drop(_PARSER_ERROR, -1, n)
@@ -367,7 +381,9 @@ class Pipeline:
             return [(action.params.get("port", 0), bytes(frame))]
         if action.name == "flood":
             data = bytes(frame)
-            return [(port, data) for port, _rid in self._groups.get(FLOOD_MCAST_GROUP, ()) if port != ingress_port]
+            return [
+                (port, data) for port, _rid in self._groups.get(FLOOD_MCAST_GROUP, ()) if port != ingress_port
+            ]
         return []
 
     def _arp(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output] | None:
@@ -479,8 +495,7 @@ class Pipeline:
                 return []
             row = regs.rows[index][:lanes]
             np.add(row, packet_lanes, out=row)  # int32 + int32: wraps around; the input is byteswapped once
-            if exp > regs.v_exp[index]:
-                regs.v_exp[index] = exp
+            regs.v_exp[index] = max(regs.v_exp[index], exp)
             if flags:
                 regs.v_flags[index] |= flags
             count -= 1

@@ -17,7 +17,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Self
 
 from netagg.constants import AGG_UDP_PORT, PORT_BITS
 from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, IPV4_HEADER_BYTES, UDP_HEADER_BYTES
@@ -47,7 +47,7 @@ RECV_BUFFER_BYTES: Final = 65536 + AGG_OFFSET
 RECV_BUDGET: Final = 64
 SOCKET_BUFFER_BYTES: Final = 4 << 20
 
-_IPV4_UDP = struct.Struct("!BBHHHBBHII" "HHHH")
+_IPV4_UDP = struct.Struct("!BBHHHBBHII" + "HHHH")
 _MAX_PORT: Final = (1 << PORT_BITS) - 1
 
 
@@ -92,7 +92,7 @@ class PortIO:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> PortIO:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,7 +154,9 @@ class AfPacketPorts(PortIO):
             sock.bind((iface, ETH_P_ALL))
             # Promiscuous for as long as the socket lives: a switch port receives frames for any MAC.
             ifindex = socket.if_nametoindex(iface)
-            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b""))
+            sock.setsockopt(
+                SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+            )
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -314,8 +316,13 @@ class UdpPorts(PortIO):
         return handled
 
     def send(self, port: int, frame: bytes) -> None:
-        if port != UDP_PORT_NUMBER or len(frame) < AGG_OFFSET or frame[12:14] != b"\x08\x00" or frame[14] != 0x45 \
-                or frame[23] != socket.IPPROTO_UDP:
+        if (
+            port != UDP_PORT_NUMBER
+            or len(frame) < AGG_OFFSET
+            or frame[12:14] != b"\x08\x00"
+            or frame[14] != 0x45
+            or frame[23] != socket.IPPROTO_UDP
+        ):
             self.stats.tx_unroutable += 1
             return
         dst = int.from_bytes(frame[30:34], "big")

@@ -11,7 +11,7 @@ import logging
 import os
 import select
 import threading
-from typing import Final, Protocol
+from typing import Final, Protocol, Self
 
 from .pipeline import Pipeline
 from .ports import PortIO
@@ -87,7 +87,7 @@ class SoftSwitch:
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def __enter__(self) -> SoftSwitch:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

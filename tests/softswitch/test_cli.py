@@ -13,7 +13,6 @@ from pathlib import Path
 import grpc
 import pytest
 from finsy.proto import p4r, p4r_grpc
-
 from netagg.softswitch.cli import build_parser, main
 from netagg.softswitch.ports import parse_port_spec
 
@@ -24,10 +23,18 @@ DEADLINE_S = 15.0
 @pytest.mark.unit
 def test_defaults_match_simple_switch_grpc() -> None:
     args = build_parser().parse_args([])
-    assert (args.device_id, args.grpc_server_addr, args.udp, args.interface) == (1, "127.0.0.1:9559", None, [])
+    assert (args.device_id, args.grpc_server_addr, args.udp, args.interface) == (
+        1,
+        "127.0.0.1:9559",
+        None,
+        [],
+    )
     args = build_parser().parse_args(["--udp", "-i", "1@a", "-i", "2@b", "--seed", "7"])
     assert args.udp == ("127.0.0.1", 48864) and args.interface == [(1, "a"), (2, "b")] and args.seed == 7
-    assert build_parser().parse_args(["--grpc-server-addr", "unix:/x/y.sock"]).grpc_server_addr == "unix:/x/y.sock"
+    assert (
+        build_parser().parse_args(["--grpc-server-addr", "unix:/x/y.sock"]).grpc_server_addr
+        == "unix:/x/y.sock"
+    )
 
 
 @pytest.mark.unit
@@ -96,14 +103,23 @@ def stop(proc: subprocess.Popen[str], sig: signal.Signals) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_udp_mode_serves_p4runtime_and_stops_cleanly(sig: signal.Signals) -> None:
     proc, line = start(
-        "--udp", "127.0.0.1:0", "--grpc-server-addr", "127.0.0.1:0", "--device-id", "3", "--log-level", "warning"
+        "--udp",
+        "127.0.0.1:0",
+        "--grpc-server-addr",
+        "127.0.0.1:0",
+        "--device-id",
+        "3",
+        "--log-level",
+        "warning",
     )
     try:
         match = re.search(r"P4Runtime on (\S+), UDP 127\.0\.0\.1:(\d+) as port 1", line)
         assert match, line
         with grpc.insecure_channel(match.group(1)) as channel:
             grpc.channel_ready_future(channel).result(timeout=DEADLINE_S)
-            reply = p4r_grpc.P4RuntimeStub(channel).Capabilities(p4r.CapabilitiesRequest(), timeout=DEADLINE_S)
+            reply = p4r_grpc.P4RuntimeStub(channel).Capabilities(
+                p4r.CapabilitiesRequest(), timeout=DEADLINE_S
+            )
             assert reply.p4runtime_api_version
         # No pipeline yet: a datagram is dropped, not answered, and does not disturb the switch.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -120,7 +136,10 @@ def test_udp_port_in_use_is_a_clear_error() -> None:
         port = taken.getsockname()[1]
         done = subprocess.run(
             [str(PROGRAM), "--udp", f"127.0.0.1:{port}", "--grpc-server-addr", "127.0.0.1:0"],
-            capture_output=True, text=True, timeout=DEADLINE_S,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE_S,
+            check=False,
         )
     assert done.returncode == 1
     assert f"UDP 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr

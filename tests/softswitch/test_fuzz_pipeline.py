@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.state import SwitchState
 from test_pipeline_contract import loaded_pipeline, make_job, udp_frame, update_frame
 
 from netagg.constants import AGG_UDP_PORT, JobStat
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.state import SwitchState
 
 pytestmark = pytest.mark.unit
 
@@ -84,10 +84,20 @@ def test_random_frames(switch: tuple[SwitchState, Pipeline], frame: bytes, port:
 
 
 @FUZZ
-@given(tail=st.binary(min_size=0, max_size=1100), port=st.integers(1, 4), src=st.sampled_from(JOBS[2].workers))
-def test_random_aggregation_payloads(switch: tuple[SwitchState, Pipeline], tail: bytes, port: int, src) -> None:
+@given(
+    tail=st.binary(min_size=0, max_size=1100), port=st.integers(1, 4), src=st.sampled_from(JOBS[2].workers)
+)
+def test_random_aggregation_payloads(
+    switch: tuple[SwitchState, Pipeline], tail: bytes, port: int, src
+) -> None:
     frame = udp_frame(
-        src_mac=src.mac, dst_mac=1, src_ip=src.ip, dst_ip=2, sport=src.udp_port, dport=AGG_UDP_PORT, payload=tail
+        src_mac=src.mac,
+        dst_mac=1,
+        src_ip=src.ip,
+        dst_ip=2,
+        sport=src.udp_port,
+        dport=AGG_UDP_PORT,
+        payload=tail,
     )
     check_one(*switch, frame, port)
 
@@ -115,4 +125,3 @@ def mutated_update(draw: st.DrawFn) -> bytes:
 @given(frame=mutated_update(), port=st.integers(0, 5))
 def test_mutated_updates(switch: tuple[SwitchState, Pipeline], frame: bytes, port: int) -> None:
     check_one(*switch, frame, port)
-

@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.state import Action, SwitchState
 from test_pipeline_contract import (
     AGG_IP,
     AGG_MAC,
@@ -34,8 +36,6 @@ from netagg.constants import (
     JobStat,
     MsgType,
 )
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.state import Action, SwitchState
 from netagg.wire import AGG_OFFSET, decode
 
 pytestmark = pytest.mark.unit
@@ -50,7 +50,9 @@ def random_lanes(count: int, low: int = -(2**20), high: int = 2**20) -> np.ndarr
 def parse_result(frame: bytes) -> dict:
     """Every field of a RESULT frame the tests look at."""
     ip = frame[14:34]
-    (ver_ihl, _tos, total_length, _id, _frag, ttl, proto, checksum, src, dst) = struct.unpack("!BBHHHBBHII", ip)
+    (ver_ihl, _tos, total_length, _id, _frag, ttl, proto, checksum, src, dst) = struct.unpack(
+        "!BBHHHBBHII", ip
+    )
     sport, dport, ulen, ucsum = struct.unpack_from("!HHHH", frame, 34)
     header, lanes = decode(frame[AGG_OFFSET : 34 + ulen])
     return {
@@ -83,7 +85,9 @@ def send_round(
     return out
 
 
-def assert_result_for(out: tuple[int, bytes], worker: Worker, *, tsi: int, slot: int, set_: int, total: np.ndarray):
+def assert_result_for(
+    out: tuple[int, bytes], worker: Worker, *, tsi: int, slot: int, set_: int, total: np.ndarray
+):
     port, frame = out
     r = parse_result(frame)
     assert port == worker.port
@@ -114,7 +118,9 @@ def test_single_worker_completes_every_chunk() -> None:
     w = job.workers[0]
     for tsi in range(6):
         values = random_lanes(32)
-        out = pipeline.process(update_frame(w, tsi=tsi, slot=tsi % 4, set_=(tsi // 4) % 2, lanes=values), w.port)
+        out = pipeline.process(
+            update_frame(w, tsi=tsi, slot=tsi % 4, set_=(tsi // 4) % 2, lanes=values), w.port
+        )
         assert len(out) == 1
         assert_result_for(out[0], w, tsi=tsi, slot=tsi % 4, set_=(tsi // 4) % 2, total=values)
     assert job_stats(state, 1) == {JobStat.AGGREGATED: 6, JobStat.COMPLETED: 6}
@@ -167,7 +173,9 @@ def test_exponent_is_a_signed_max_and_flags_are_ored() -> None:
     values = [random_lanes(32) for _ in range(3)]
     out = []
     for w, exp, flag in zip(job.workers, (-100, -3, -5), (0, 0, Flag.NONFINITE)):
-        out = pipeline.process(update_frame(w, tsi=4, slot=1, set_=0, lanes=values[w.worker_id], exp=exp, flags=flag), 1)
+        out = pipeline.process(
+            update_frame(w, tsi=4, slot=1, set_=0, lanes=values[w.worker_id], exp=exp, flags=flag), 1
+        )
     h = parse_result(out[0][1])["header"]
     assert (h.exp, h.flags) == (-3, Flag.NONFINITE)
     # All negative but one positive, with the positive one first: max stays positive.
@@ -206,7 +214,11 @@ def test_retransmission_after_completion_is_answered_to_the_sender_alone() -> No
     assert len(answer) == 1
     r = assert_result_for(answer[0], w1, tsi=3, slot=2, set_=1, total=total)
     assert r["header"].exp == 6
-    assert job_stats(state, 5) == {JobStat.AGGREGATED: 3, JobStat.COMPLETED: 1, JobStat.RETRANSMIT_ANSWERED: 1}
+    assert job_stats(state, 5) == {
+        JobStat.AGGREGATED: 3,
+        JobStat.COMPLETED: 1,
+        JobStat.RETRANSMIT_ANSWERED: 1,
+    }
     assert drops(state) == {}
 
 
@@ -261,7 +273,9 @@ def test_unknown_worker_and_spoofed_source_are_dropped() -> None:
     w = job.workers[0]
     values = random_lanes(32)
     spoofs = [
-        Worker(job=12, worker_id=0, ip=w.ip + 100, udp_port=w.udp_port, mac=w.mac, port=w.port),  # other address
+        Worker(
+            job=12, worker_id=0, ip=w.ip + 100, udp_port=w.udp_port, mac=w.mac, port=w.port
+        ),  # other address
         Worker(job=12, worker_id=0, ip=w.ip, udp_port=w.udp_port + 1, mac=w.mac, port=w.port),  # other port
         Worker(job=13, worker_id=0, ip=w.ip, udp_port=w.udp_port, mac=w.mac, port=w.port),  # other job
     ]
@@ -387,7 +401,7 @@ def test_trailing_bytes_ride_along_and_udp_checksum_is_zeroed() -> None:
     frame = bytearray(update_frame(w, tsi=0, slot=0, set_=0, lanes=random_lanes(32)))
     struct.pack_into("!H", frame, 40, 0x1234)  # a sender's UDP checksum
     frame += b"\xaa\xbb"  # e.g. Ethernet padding
-    (port, out), = pipeline.process(bytes(frame), 1)
+    ((_, out),) = pipeline.process(bytes(frame), 1)
     assert out.endswith(b"\xaa\xbb") and len(out) == len(frame)
     assert parse_result(out)["udp_checksum"] == 0
 
@@ -424,7 +438,9 @@ def test_l2_forward_hits_and_floods_misses_but_never_back_to_the_ingress_port() 
     # UDP to another port and IPv4 with options are ordinary traffic too.
     other_udp = udp_frame(src_mac=1, dst_mac=known, src_ip=1, dst_ip=2, sport=5, dport=53, payload=b"x" * 20)
     assert pipeline.process(other_udp, 1) == [(3, other_udp)]
-    with_options = bytearray(update_frame(make_job(1, 1).workers[0], tsi=0, slot=0, set_=0, lanes=random_lanes(32)))
+    with_options = bytearray(
+        update_frame(make_job(1, 1).workers[0], tsi=0, slot=0, set_=0, lanes=random_lanes(32))
+    )
     with_options[0:6] = known.to_bytes(6, "big")
     with_options[14] = 0x46
     assert pipeline.process(bytes(with_options), 1) == [(3, bytes(with_options))]
@@ -442,8 +458,16 @@ def test_flood_without_a_group_sends_nothing() -> None:
 def arp_request(sender_mac: int, sender_ip: int, target_ip: int) -> bytes:
     eth = b"\xff" * 6 + sender_mac.to_bytes(6, "big") + b"\x08\x06"
     arp = struct.pack(
-        "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, sender_mac.to_bytes(6, "big"), sender_ip.to_bytes(4, "big"),
-        bytes(6), target_ip.to_bytes(4, "big"),
+        "!HHBBH6s4s6s4s",
+        1,
+        0x0800,
+        6,
+        4,
+        1,
+        sender_mac.to_bytes(6, "big"),
+        sender_ip.to_bytes(4, "big"),
+        bytes(6),
+        target_ip.to_bytes(4, "big"),
     )
     return eth + arp + bytes(18)  # padded to 60 bytes
 
@@ -454,7 +478,7 @@ def test_arp_request_for_a_known_address_is_answered_out_of_the_ingress_port() -
         state.tables["arp_reply"].entries[(AGG_IP,)] = Action("reply_arp", {"mac": AGG_MAC})
         state.bump()
     host_mac, host_ip = 0x02_00_00_00_01_01, int(ipaddress.IPv4Address("10.0.0.1"))
-    (port, reply), = pipeline.process(arp_request(host_mac, host_ip, AGG_IP), 2)
+    ((port, reply),) = pipeline.process(arp_request(host_mac, host_ip, AGG_IP), 2)
     assert port == 2 and len(reply) == 60
     assert reply[0:6] == host_mac.to_bytes(6, "big") and reply[6:12] == AGG_MAC.to_bytes(6, "big")
     htype, ptype, hlen, plen, oper, sha, spa, tha, tpa = struct.unpack_from("!HHBBH6s4s6s4s", reply, 14)
@@ -481,7 +505,9 @@ def set_loss(state: SwitchState, table: str, port: int, probability: float) -> N
 def test_ingress_loss_rate_is_within_tolerance_and_seeded() -> None:
     job = make_job(20, 1)
     w = job.workers[0]
-    frames = [update_frame(w, tsi=t, slot=t % 16, set_=(t // 16) % 2, lanes=random_lanes(32)) for t in range(4000)]
+    frames = [
+        update_frame(w, tsi=t, slot=t % 16, set_=(t // 16) % 2, lanes=random_lanes(32)) for t in range(4000)
+    ]
 
     def run(seed: int) -> list[bool]:
         state, pipeline = loaded_pipeline(job, seed=seed)
@@ -545,7 +571,7 @@ def test_control_plane_writes_are_seen_by_the_next_packet() -> None:
     assert pipeline.process(frame, 1) == []
     assert drops(state) == {DropReason.UNKNOWN_WORKER: 1}
     install_job(state, job)
-    (port, out), = pipeline.process(frame, 1)
+    ((_, out),) = pipeline.process(frame, 1)
     assert parse_result(out)["eth_src"] == int.from_bytes(frame[6:12], "big")  # no agg_addr yet: left as is
     # A new pipeline (new tables and counters in the same state object) is picked up as well.
     fresh = contract_state()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.state import Action, CounterArray, SwitchState, Table
 
 from netagg.constants import (
     AGG_UDP_PORT,
@@ -27,8 +29,6 @@ from netagg.constants import (
     JobStat,
     MsgType,
 )
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.state import Action, CounterArray, SwitchState, Table
 from netagg.wire import AGG_OFFSET, HEADER_BYTES, LANE_DTYPE, pack_header
 
 pytestmark = pytest.mark.unit
@@ -179,7 +179,9 @@ def udp_frame(
 ) -> bytes:
     """An Ethernet/IPv4/UDP frame with a correct IPv4 checksum and UDP checksum 0."""
     ulen = 8 + len(payload) if udp_length is None else udp_length
-    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 20 + 8 + len(payload), 7, 0x4000, 64, 17, 0, src_ip, dst_ip))
+    ip = bytearray(
+        struct.pack("!BBHHHBBHII", 0x45, 0, 20 + 8 + len(payload), 7, 0x4000, 64, 17, 0, src_ip, dst_ip)
+    )
     struct.pack_into("!H", ip, 10, ipv4_checksum(bytes(ip)))
     eth = dst_mac.to_bytes(6, "big") + src_mac.to_bytes(6, "big") + b"\x08\x00"
     return eth + bytes(ip) + struct.pack("!HHHH", sport, dport, ulen, 0) + payload
@@ -199,7 +201,9 @@ def update_payload(
     """Aggregation header + big-endian lanes."""
     size = {32: 0, 64: 1, 128: 2, 256: 3}[len(lanes)]
     buf = bytearray(HEADER_BYTES + 4 * len(lanes))
-    pack_header(buf, 0, msg_type=msg_type, size=size, job=job, tsi=tsi, slot=slot, set=set_, exp=exp, flags=flags)
+    pack_header(
+        buf, 0, msg_type=msg_type, size=size, job=job, tsi=tsi, slot=slot, set=set_, exp=exp, flags=flags
+    )
     np.frombuffer(buf, dtype=LANE_DTYPE, offset=HEADER_BYTES)[:] = lanes
     return bytes(buf)
 
@@ -238,7 +242,9 @@ def drops(state: SwitchState) -> dict[DropReason, int]:
 
 def job_drops(state: SwitchState, job: int) -> dict[DropReason, int]:
     packets = state.counters["job_drops"].packets
-    return {r: int(packets[job * NUM_DROP_REASONS + r]) for r in DropReason if packets[job * NUM_DROP_REASONS + r]}
+    return {
+        r: int(packets[job * NUM_DROP_REASONS + r]) for r in DropReason if packets[job * NUM_DROP_REASONS + r]
+    }
 
 
 def job_stats(state: SwitchState, job: int) -> dict[JobStat, int]:
@@ -291,7 +297,12 @@ def test_helper_action_params_are_the_documented_ones() -> None:
     job = make_job(3, 2)
     install_job(state, job)
     install_switch(state)
-    used = {a.name: set(a.params) for t in state.tables.values() for a in [*t.entries.values(), t.default] if a.params}
+    used = {
+        a.name: set(a.params)
+        for t in state.tables.values()
+        for a in [*t.entries.values(), t.default]
+        if a.params
+    }
     for action, names in used.items():
         assert names == params[action], action
     assert AGG_OFFSET == 42

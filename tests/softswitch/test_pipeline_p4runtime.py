@@ -13,14 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from p4runtime_testlib import DEVICE_ID, Client, insert, modify, netagg_program
-
-from netagg.constants import JOB_MCAST_GROUP_BASE, NUM_DROP_REASONS, NUM_JOB_STATS, DropReason, JobStat, MsgType
 from netagg.softswitch.p4runtime_server import P4RuntimeServer
 from netagg.softswitch.pipeline import Pipeline
 from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts
 from netagg.softswitch.state import SwitchState
 from netagg.softswitch.switch import SoftSwitch
+from p4runtime_testlib import DEVICE_ID, Client, insert, modify, netagg_program
+
+from netagg.constants import (
+    JOB_MCAST_GROUP_BASE,
+    NUM_DROP_REASONS,
+    NUM_JOB_STATS,
+    DropReason,
+    JobStat,
+    MsgType,
+)
 from netagg.wire import AggHeader, decode, encode
 
 pytestmark = pytest.mark.loopback
@@ -56,7 +63,11 @@ def admit(client: Client, sockets: list[socket.socket], *, epoch: int, size: int
     """What the controller writes for a job whose workers are ``sockets``, in UDP mode (all on port 1)."""
     updates = [
         modify(client.table_entry("agg_addr", default=True, action="set_agg_addr", mac=AGG_MAC, addr=AGG_IP)),
-        insert(client.group_entry(JOB_MCAST_GROUP_BASE + JOB, [(UDP_PORT_NUMBER, i) for i in range(len(sockets))])),
+        insert(
+            client.group_entry(
+                JOB_MCAST_GROUP_BASE + JOB, [(UDP_PORT_NUMBER, i) for i in range(len(sockets))]
+            )
+        ),
     ]
     for i, s in enumerate(sockets):
         port = s.getsockname()[1]
@@ -64,8 +75,13 @@ def admit(client: Client, sockets: list[socket.socket], *, epoch: int, size: int
             "workers", (JOB, LOCALHOST, port), "set_worker", worker_id=i, num_workers=len(sockets), pool_base=16,
             pool_size=4, size=size, epoch=epoch, port=UDP_PORT_NUMBER,
         )))  # fmt: skip
-        updates.append(insert(client.table_entry("results", (JOB, i), "set_result_dst", mac=0x020000000001 + i,
-                                                 addr=LOCALHOST, port=port)))
+        updates.append(
+            insert(
+                client.table_entry(
+                    "results", (JOB, i), "set_result_dst", mac=0x020000000001 + i, addr=LOCALHOST, port=port
+                )
+            )
+        )
     client.write(*updates)
 
 

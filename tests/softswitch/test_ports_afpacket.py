@@ -18,17 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline_contract import (
-    contract_state,
-    drops,
-    install_job,
-    install_switch,
-    job_stats,
-    make_job,
-)
-from test_pipeline import parse_result, plain_frame, update_frame
-
-from netagg.constants import JobStat
 from netagg.softswitch.pipeline import Pipeline
 from netagg.softswitch.ports import (
     ETH_P_ALL,
@@ -39,6 +28,17 @@ from netagg.softswitch.ports import (
 )
 from netagg.softswitch.state import Action
 from netagg.softswitch.switch import SoftSwitch
+from test_pipeline import parse_result, plain_frame, update_frame
+from test_pipeline_contract import (
+    contract_state,
+    drops,
+    install_job,
+    install_switch,
+    job_stats,
+    make_job,
+)
+
+from netagg.constants import JobStat
 
 pytestmark = pytest.mark.netns
 
@@ -63,7 +63,19 @@ class Veths:
         _run("ip", "netns", "add", self.namespace)
         try:
             for test_if, switch_if in zip(self.test_ifaces, SWITCH_IFACES):
-                _run("ip", "link", "add", test_if, "type", "veth", "peer", "name", switch_if, "netns", self.namespace)
+                _run(
+                    "ip",
+                    "link",
+                    "add",
+                    test_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    switch_if,
+                    "netns",
+                    self.namespace,
+                )
                 # No IPv6 on the test ends: the kernel would send solicitations the switch floods to us.
                 Path(f"/proc/sys/net/ipv6/conf/{test_if}/disable_ipv6").write_text("1\n")
                 _run("ip", "netns", "exec", self.namespace, "ip", "link", "set", switch_if, "up")
@@ -155,7 +167,11 @@ def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(veths: Veths
     pipeline = Pipeline(state, seed=1)
     with inside(veths.namespace):
         ports = AfPacketPorts({1: "sw1", 2: "sw2"})
-    with SoftSwitch(pipeline, ports), raw_socket(veths.test_ifaces[0]) as t1, raw_socket(veths.test_ifaces[1]) as t2:
+    with (
+        SoftSwitch(pipeline, ports),
+        raw_socket(veths.test_ifaces[0]) as t1,
+        raw_socket(veths.test_ifaces[1]) as t2,
+    ):
         rng = np.random.default_rng(3)
         for tsi in range(10):
             values = [rng.integers(-50, 50, size=64).astype(np.int32) for _ in range(2)]
@@ -191,8 +207,21 @@ def test_missing_interface_is_a_clear_error(veths: Veths) -> None:
 def test_cli_serves_af_packet_ports_and_stops_on_sigterm(veths: Veths, tmp_path: Path) -> None:
     program = Path(sys.executable).parent / "netagg-softswitch"
     sock_path = tmp_path / "p4rt.sock"
-    argv = ["ip", "netns", "exec", veths.namespace, str(program), "-i", "1@sw1", "-i", "2@sw2",
-            "--grpc-server-addr", f"unix:{sock_path}", "--log-level", "warning"]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        veths.namespace,
+        str(program),
+        "-i",
+        "1@sw1",
+        "-i",
+        "2@sw2",
+        "--grpc-server-addr",
+        f"unix:{sock_path}",
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         ready, _, _ = select.select([proc.stderr], [], [], DEADLINE_S)
@@ -206,4 +235,3 @@ def test_cli_serves_af_packet_ports_and_stops_on_sigterm(veths: Veths, tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=DEADLINE_S)
-

@@ -9,6 +9,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts, parse_udp_address
+from netagg.softswitch.state import SwitchState
+from netagg.softswitch.switch import SoftSwitch
 from test_pipeline_contract import (
     Job,
     Worker,
@@ -21,10 +25,6 @@ from test_pipeline_contract import (
 )
 
 from netagg.constants import DropReason, JobStat, MsgType
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts, parse_udp_address
-from netagg.softswitch.state import SwitchState
-from netagg.softswitch.switch import SoftSwitch
 from netagg.wire import decode
 
 pytestmark = pytest.mark.loopback
@@ -40,9 +40,13 @@ def udp_socket() -> socket.socket:
     return sock
 
 
-def loopback_job(job: int, sockets: list[socket.socket], *, size: int = 0, port: int = UDP_PORT_NUMBER) -> Job:
+def loopback_job(
+    job: int, sockets: list[socket.socket], *, size: int = 0, port: int = UDP_PORT_NUMBER
+) -> Job:
     workers = tuple(
-        Worker(job=job, worker_id=i, ip=LOCALHOST, udp_port=s.getsockname()[1], mac=0x020000000100 + i, port=port)
+        Worker(
+            job=job, worker_id=i, ip=LOCALHOST, udp_port=s.getsockname()[1], mac=0x020000000100 + i, port=port
+        )
         for i, s in enumerate(sockets)
     )
     return Job(job=job, workers=workers, pool_base=0, pool_size=8, size=size, epoch=1)
@@ -77,7 +81,9 @@ def test_workers_on_loopback_get_the_sum(switch: tuple[SwitchState, SoftSwitch])
         for tsi in range(20):
             values = [rng.integers(-1000, 1000, size=64).astype(np.int32) for _ in sockets]
             for sock, v in zip(sockets, values):
-                sock.sendto(update_payload(job=9, tsi=tsi, slot=tsi % 8, set_=(tsi // 8) % 2, lanes=v), address)
+                sock.sendto(
+                    update_payload(job=9, tsi=tsi, slot=tsi % 8, set_=(tsi // 8) % 2, lanes=v), address
+                )
             for sock in sockets:
                 data, sender = sock.recvfrom(4096)
                 assert sender == address
@@ -126,7 +132,7 @@ def test_synthesized_headers_carry_the_sender_and_the_aggregation_address() -> N
         deadline = time.monotonic() + DEADLINE_S
         while not seen and time.monotonic() < deadline:
             ports.receive(ports.fds()[0], lambda frame, port: seen.append((bytes(frame), port)))
-        (frame, port), = seen
+        ((frame, port),) = seen
     agg_mac, agg_ip = pipeline.agg_source()  # type: ignore[misc]
     assert port == UDP_PORT_NUMBER
     assert frame[0:6] == agg_mac and frame[12:14] == b"\x08\x00" and frame[14] == 0x45 and frame[23] == 17
