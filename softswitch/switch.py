@@ -58,10 +58,14 @@ class SoftSwitch:
         """Start the control plane server, then the data path; return once both are running."""
         if self._thread is not None:
             raise RuntimeError("switch already started")
-        if self.server is not None:
-            self.server.start()
-        self._thread = threading.Thread(target=self._run, name="softswitch-datapath", daemon=True)
-        self._thread.start()
+        try:
+            if self.server is not None:
+                self.server.start()
+            self._thread = threading.Thread(target=self._run, name="softswitch-datapath", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self.stop()  # close the ports even though the switch never ran
+            raise
 
     def stop(self) -> None:
         """Stop the data path and the server, close the ports; safe to call twice."""

@@ -143,3 +143,21 @@ def test_udp_port_in_use_is_a_clear_error() -> None:
         )
     assert done.returncode == 1
     assert f"UDP 127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
+
+
+@pytest.mark.loopback
+def test_grpc_address_in_use_is_a_clear_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [str(PROGRAM), "--udp", "127.0.0.1:0", "--grpc-server-addr", address],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE_S,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"netagg-softswitch: P4Runtime server cannot bind {address}" in done.stderr
+    assert "netagg-softswitch ready" not in done.stderr
