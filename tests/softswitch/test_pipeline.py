@@ -572,7 +572,13 @@ def test_control_plane_writes_are_seen_by_the_next_packet() -> None:
     assert drops(state) == {DropReason.UNKNOWN_WORKER: 1}
     install_job(state, job)
     ((_, out),) = pipeline.process(frame, 1)
-    assert parse_result(out)["eth_src"] == int.from_bytes(frame[6:12], "big")  # no agg_addr yet: left as is
+    r = parse_result(out)
+    assert (r["eth_src"], r["ip_src"]) == (0, 0)  # agg_addr not set yet: its default set_agg_addr(0, 0)
+    with state.lock:  # an agg_addr without set_agg_addr leaves the sources as they came
+        state.tables["agg_addr"].default = Action("NoAction")
+        state.bump()
+    ((_, out),) = pipeline.process(frame, 1)
+    assert parse_result(out)["eth_src"] == int.from_bytes(frame[6:12], "big")
     # A new pipeline (new tables and counters in the same state object) is picked up as well.
     fresh = contract_state()
     with state.lock:

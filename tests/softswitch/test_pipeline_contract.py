@@ -41,7 +41,7 @@ NO_ACTION = Action("NoAction")
 CONTRACT_TABLES: dict[str, tuple[tuple[str, ...], Action]] = {
     "workers": (("job", "src_addr", "src_port"), NO_ACTION),
     "results": (("job", "worker_id"), NO_ACTION),
-    "agg_addr": ((), NO_ACTION),
+    "agg_addr": ((), Action("set_agg_addr", {"mac": 0, "addr": 0})),  # the P4 program's default
     "l2_forward": (("dst_addr",), Action("flood")),
     "arp_reply": (("target_addr",), NO_ACTION),
     "ingress_loss": (("port",), NO_ACTION),
@@ -306,3 +306,17 @@ def test_helper_action_params_are_the_documented_ones() -> None:
     for action, names in used.items():
         assert names == params[action], action
     assert AGG_OFFSET == 42
+
+
+def test_helper_state_matches_the_state_the_schema_builds(tmp_path: Path) -> None:
+    """The hand-built state has the tables, keys, initial defaults and counters a pushed pipeline gets."""
+    from netagg.softswitch.schema import P4Schema, defaults_from_bmv2_json
+    from p4runtime_testlib import netagg_program
+
+    program = netagg_program(tmp_path)  # the committed program once compiled, else the contract P4Info
+    schema = P4Schema(program.p4info, defaults_from_bmv2_json(program.device_config, program.p4info))
+    built, helper = schema.new_state(), contract_state()
+    for name, table in helper.tables.items():
+        assert built.tables[name].key_names == table.key_names, name
+        assert built.tables[name].initial_default == table.initial_default, name
+    assert {n: c.size for n, c in built.counters.items()} == CONTRACT_COUNTERS
