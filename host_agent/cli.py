@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
 from netagg.host_agent import quantize as q
 from netagg.host_agent.client import DEFAULT_DEADLINE, DEFAULT_LANES, AllReduceClient
 from netagg.host_agent.errors import AgentError
@@ -30,29 +29,67 @@ def build_parser() -> argparse.ArgumentParser:
         "(tensor bytes per second of all-reduce time). Run one per rank, all with the same --job, --world-size, "
         "--size, --dtype and --seed.",
     )
-    parser.add_argument("--controller", default="127.0.0.1:9590", metavar="HOST:PORT",
-                        help="the controller's job API (default 127.0.0.1:9590)")
+    parser.add_argument(
+        "--controller",
+        default="127.0.0.1:9590",
+        metavar="HOST:PORT",
+        help="the controller's job API (default 127.0.0.1:9590)",
+    )
     parser.add_argument("--job", required=True, help="job name shared by all ranks")
     parser.add_argument("--world-size", type=int, required=True, metavar="N")
     parser.add_argument("--rank", type=int, required=True, metavar="R")
     parser.add_argument("--size", type=int, required=True, metavar="BYTES", help="tensor size in bytes")
     parser.add_argument("--dtype", choices=["float32", "int32"], default="float32")
-    parser.add_argument("--lanes", type=int, default=DEFAULT_LANES, choices=[32, 64, 128, 256],
-                        help=f"int32 lanes per packet (default {DEFAULT_LANES})")
-    parser.add_argument("--window", type=int, default=None, metavar="W",
-                        help="slots in flight (default: the client's default, at most the granted slots)")
-    parser.add_argument("--loss", type=float, default=0.0, metavar="P",
-                        help="drop this fraction of the agent's outgoing packets (seeded), to exercise recovery")
-    parser.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
-                        help="local IPv4 address for the agent's UDP socket (default 127.0.0.1)")
-    parser.add_argument("--iterations", type=int, default=3, metavar="K", help="timed all-reduces (default 3)")
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=DEFAULT_LANES,
+        choices=[32, 64, 128, 256],
+        help=f"int32 lanes per packet (default {DEFAULT_LANES})",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="W",
+        help="slots in flight (default: the client's default, at most the granted slots)",
+    )
+    parser.add_argument(
+        "--loss",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="drop this fraction of the agent's outgoing packets (seeded), to exercise recovery",
+    )
+    parser.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="local IPv4 address for the agent's UDP socket (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=3, metavar="K", help="timed all-reduces (default 3)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
-                        help=f"fail an all-reduce that takes longer than this (default {DEFAULT_DEADLINE:g})")
-    parser.add_argument("--join-timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="how long to wait for all ranks to join (default 60)")
-    parser.add_argument("--check", action="store_true",
-                        help="rebuild every rank's input and check the result against a float64 reference")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE,
+        metavar="SECONDS",
+        help=f"fail an all-reduce that takes longer than this (default {DEFAULT_DEADLINE:g})",
+    )
+    parser.add_argument(
+        "--join-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for all ranks to join (default 60)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="rebuild every rank's input and check the result against a float64 reference",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return parser
@@ -87,7 +124,9 @@ def check_result(result: np.ndarray, args: argparse.Namespace, count: int, lanes
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.size < 4 or args.iterations < 1:
         print("netagg-agent: --size must be at least 4 bytes and --iterations at least 1", file=sys.stderr)
         return 2
@@ -101,10 +140,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         controller = ControllerClient(args.controller)
         with AllReduceClient.join(
-            controller, args.job, args.world_size, args.rank, bind=args.bind, lanes=args.lanes,
-            join_timeout=args.join_timeout, **options,
+            controller,
+            args.job,
+            args.world_size,
+            args.rank,
+            bind=args.bind,
+            lanes=args.lanes,
+            join_timeout=args.join_timeout,
+            **options,
         ) as client:
-            result = client.allreduce(data, inplace=False)  # untimed: warms the path and gives the checked value
+            result = client.allreduce(
+                data, inplace=False
+            )  # untimed: warms the path and gives the checked value
             times = []
             for _ in range(args.iterations):
                 start = time.perf_counter()
@@ -112,13 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 times.append(time.perf_counter() - start)
             stats = client.stats
             report: dict[str, Any] = {
-                "job": args.job, "rank": args.rank, "world_size": args.world_size, "bytes": count * 4,
-                "dtype": args.dtype, "lanes": client.session.lanes, "window": client.window,
-                "iterations": args.iterations, "mean_seconds": float(np.mean(times)),
+                "job": args.job,
+                "rank": args.rank,
+                "world_size": args.world_size,
+                "bytes": count * 4,
+                "dtype": args.dtype,
+                "lanes": client.session.lanes,
+                "window": client.window,
+                "iterations": args.iterations,
+                "mean_seconds": float(np.mean(times)),
                 "best_seconds": float(np.min(times)),
                 "goodput_MBps": count * 4 / float(np.mean(times)) / 1e6,
-                "updates_sent": stats.updates_sent, "retransmissions": stats.retransmissions,
-                "dropped_on_purpose": stats.dropped_on_purpose, "duplicate_results": stats.duplicate_results,
+                "updates_sent": stats.updates_sent,
+                "retransmissions": stats.retransmissions,
+                "dropped_on_purpose": stats.dropped_on_purpose,
+                "duplicate_results": stats.duplicate_results,
             }
             if args.check:
                 report["check"] = check_result(result, args, count, client.session.lanes)

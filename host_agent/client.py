@@ -13,9 +13,15 @@ import logging
 import socket
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
-from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AgentInputError, AllReduceTimeout, JoinError
+from netagg.host_agent.errors import (
+    AgentBrokenError,
+    AgentClosedError,
+    AgentInputError,
+    AllReduceTimeout,
+    JoinError,
+)
 from netagg.host_agent.heartbeat import Heartbeat
 from netagg.host_agent.netinfo import mac_for_address
 from netagg.host_agent.operation import Operation
@@ -30,7 +36,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LANES = 256
 #: Slots in flight per worker, asked for at join (see docs/host_agent.md, "Tuning").
 DEFAULT_WINDOW = 64
-#: Seconds an all-reduce may take from its first UPDATE before it fails.
+#: Seconds an all-reduce may go without progress (no RESULT for it) before it fails.
 DEFAULT_DEADLINE = 30.0
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 
@@ -68,9 +74,8 @@ class AllReduceClient:
         self._submit_lock = threading.Lock()  # operation indices and queue order must agree
         self._closed = False
         self._broken: BaseException | None = None
-        self._completions = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"netagg-complete-{session.job}-r{session.rank}"
-        )
+        self._completion_prefix = f"netagg-complete-{session.job}-r{session.rank}"
+        self._completions = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._completion_prefix)
         config = TransportConfig(
             window=window,
             deadline=deadline,
@@ -80,7 +85,9 @@ class AllReduceClient:
         )
         self._transport = Transport(session, sock, config, self._on_complete, self._on_fail)
         self._heartbeat = (
-            Heartbeat(controller, session.job, session.rank, heartbeat_interval) if controller is not None else None
+            Heartbeat(controller, session.job, session.rank, heartbeat_interval)
+            if controller is not None
+            else None
         )
         self._transport.start()
         if self._heartbeat is not None:
@@ -144,7 +151,9 @@ class AllReduceClient:
         touched until the future is done. Bad input raises AgentInputError here, before anything is sent.
         """
         self._check_open()
-        staged, target = stage(x, lanes=self.session.lanes, num_workers=self.session.world_size, inplace=inplace)
+        staged, target = stage(
+            x, lanes=self.session.lanes, num_workers=self.session.world_size, inplace=inplace
+        )
         with self._submit_lock:
             self._check_open()
             op = Operation(next(self._indices), staged, target, self.session.world_size)
@@ -170,7 +179,9 @@ class AllReduceClient:
         if self._broken is not None:
             raise AgentBrokenError(self._broken)
         if self._closed:
-            raise AgentClosedError(f"the client of job {self.session.job!r} rank {self.session.rank} is closed")
+            raise AgentClosedError(
+                f"the client of job {self.session.job!r} rank {self.session.rank} is closed"
+            )
 
     # --- callbacks from the transport thread ---------------------------------------------------------------
 
@@ -207,7 +218,9 @@ class AllReduceClient:
         self._closed = True
         try:
             self._transport.close()
-            self._completions.shutdown(wait=True)
+            # A future's callback may close the client on the completion thread, which cannot wait for itself.
+            on_completion_thread = threading.current_thread().name.startswith(self._completion_prefix)
+            self._completions.shutdown(wait=not on_completion_thread)
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.stop()
@@ -216,9 +229,11 @@ class AllReduceClient:
                 try:
                     self._controller.leave(self.session.job, self.session.rank)
                 except Exception as exc:  # noqa: BLE001 - the controller also expires silent workers
-                    log.warning("leaving job %r as rank %d failed: %s", self.session.job, self.session.rank, exc)
+                    log.warning(
+                        "leaving job %r as rank %d failed: %s", self.session.job, self.session.rank, exc
+                    )
 
-    def __enter__(self) -> AllReduceClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -34,7 +34,9 @@ class AgentBrokenError(AgentClosedError):
 
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
-        super().__init__(f"the all-reduce stream failed earlier and cannot continue (leave and join again): {cause}")
+        super().__init__(
+            f"the all-reduce stream failed earlier and cannot continue (leave and join again): {cause}"
+        )
 
 
 class AllReduceTimeout(AgentError, TimeoutError):
@@ -48,6 +50,9 @@ class AllReduceTimeout(AgentError, TimeoutError):
         rank: int,
         op_index: int,
         waited: float,
+        elapsed: float,
+        done_chunks: int,
+        total_chunks: int,
         deadline: float,
         missing: Sequence[tuple[int, int]],
         unsent_chunks: int,
@@ -58,13 +63,15 @@ class AllReduceTimeout(AgentError, TimeoutError):
         self.rank = rank
         self.op_index = op_index
         self.waited = waited
+        self.elapsed = elapsed
         self.missing = tuple(missing)
         self.unsent_chunks = unsent_chunks
         shown = ", ".join(f"slot {slot} tsi {tsi}" for slot, tsi in self.missing[:5])
         more = f", ... ({len(self.missing) - 5} more)" if len(self.missing) > 5 else ""
         super().__init__(
             f"all-reduce #{op_index} of job {job!r} (id {job_id}) on rank {rank} did not complete: waited "
-            f"{waited:.2f} s (deadline {deadline:.2f} s); {len(self.missing)} slot(s) still missing a RESULT "
+            f"{waited:.2f} s without progress (deadline {deadline:.2f} s; {elapsed:.2f} s since it started, "
+            f"{done_chunks} of {total_chunks} chunks done); {len(self.missing)} slot(s) still missing a RESULT "
             f"[{shown}{more}], {unsent_chunks} chunk(s) not sent yet, {retransmissions} retransmission(s). "
             "A peer may have stopped or not issued the same all-reduce, or the switch is unreachable."
         )

@@ -7,7 +7,6 @@ from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
-
 from netagg.host_agent import quantize as q
 from netagg.host_agent.staging import Staged, Target
 
@@ -33,7 +32,8 @@ class Operation:
         self.remaining = m
         self.future: Future[Any] = Future()
         self.submitted_at = time.monotonic()
-        self.started_at: float | None = None  # first UPDATE sent for it (the deadline counts from here)
+        self.started_at: float | None = None  # first UPDATE sent for it
+        self.progress_at = 0.0  # its first UPDATE or its latest RESULT: the deadline counts from here
         self.rows_sent = 0
 
     @property

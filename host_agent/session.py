@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from netagg.host_agent.errors import JoinError
+
 from netagg.constants import AGG_UDP_PORT, MAX_WORKERS, POOL_SLOTS
 from netagg.wire import size_for_lanes
-
-from netagg.host_agent.errors import JoinError
 
 _MISSING: Any = object()
 
@@ -82,13 +82,17 @@ class JoinResult:
                 slots=int(get(answer, "slots")),
                 epoch=int(get(answer, "epoch")),
                 switch=SwitchEndpoint(
-                    mac=str(get(sw, "mac")), addr=str(get(sw, "addr")), port=int(get(sw, "port", AGG_UDP_PORT))
+                    mac=str(get(sw, "mac")),
+                    addr=str(get(sw, "addr")),
+                    port=int(get(sw, "port", AGG_UDP_PORT)),
                 ),
                 rank=rank,
                 lease_seconds=None if lease is None else float(lease),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise JoinError(f"the controller's join answer for job {job!r} rank {rank} is malformed: {exc!r}") from exc
+            raise JoinError(
+                f"the controller's join answer for job {job!r} rank {rank} is malformed: {exc!r}"
+            ) from exc
 
 
 class JobApi(Protocol):

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from netagg.host_agent import quantize as q
 from netagg.host_agent.errors import AgentInputError
 
@@ -136,7 +135,9 @@ def _stage_torch(x: Any, lanes: int, num_workers: int, inplace: bool) -> tuple[S
             "(summed in float32 block floating point) and int32 (exact)"
         )
     if inplace and x.requires_grad and x.is_leaf:
-        raise AgentInputError("in-place all-reduce of a leaf tensor that requires grad (use its .grad or detach)")
+        raise AgentInputError(
+            "in-place all-reduce of a leaf tensor that requires grad (use its .grad or detach)"
+        )
     count = x.numel()
     blocks = _alloc(count, lanes, np.dtype(np.int32 if exact else np.float32))
     with torch.no_grad():

@@ -29,15 +29,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from netagg.constants import Flag, MsgType
-from netagg.wire import EXP_MAX, EXP_MIN, HEADER_BYTES, LANE_DTYPE, WireError, message_bytes, pack_header, unpack_header
-
 from netagg.host_agent import quantize as q
 from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JoinResult
 from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
+
+from netagg.constants import Flag, MsgType
+from netagg.wire import (
+    EXP_MAX,
+    HEADER_BYTES,
+    LANE_DTYPE,
+    WireError,
+    message_bytes,
+    pack_header,
+    unpack_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,9 @@ class TransportConfig:
     """Tuning of one client's transport."""
 
     window: int  # W: slots used (at most the granted slots)
-    deadline: float = 30.0  # seconds an all-reduce may take from its first UPDATE
+    deadline: float = (
+        30.0  # seconds an all-reduce may go without progress (from its first UPDATE or last RESULT)
+    )
     rto: RtoConfig = field(default_factory=RtoConfig)
     loss: float = 0.0  # fraction of outgoing packets dropped on purpose (tests, demos)
     loss_seed: int = 0
@@ -82,6 +91,7 @@ class TransportStats:
     results: int = 0
     duplicate_results: int = 0  # valid RESULTs for a round already finished (or not ours)
     malformed: int = 0  # datagrams that are not a RESULT of this job with our size
+    foreign: int = 0  # datagrams from an address other than the switch's
 
 
 class Transport:
@@ -173,7 +183,9 @@ class Transport:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
             if self._thread.is_alive():  # pragma: no cover - the loop wakes at least every second
-                raise RuntimeError(f"transport thread of job {self.session.job!r} did not stop within {timeout} s")
+                raise RuntimeError(
+                    f"transport thread of job {self.session.job!r} did not stop within {timeout} s"
+                )
         self._wake_r.close()
         self._wake_w.close()
 
@@ -192,7 +204,7 @@ class Transport:
         except AllReduceTimeout as exc:
             log.error("%s", exc)
             error = exc
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiting callers
+        except BaseException as exc:
             log.exception("transport of job %r rank %d failed", self.session.job, self.session.rank)
             error = exc
         self._shutdown(error)
@@ -255,12 +267,18 @@ class Transport:
 
     def _receive(self, budget: int) -> None:
         sock, rbuf, msg_len, stats = self._sock, self._rbuf, self._msg_len, self.stats
+        switch_addr = self._dst
         for _ in range(budget):
             try:
-                n = sock.recv_into(rbuf)
+                n, src = sock.recvfrom_into(rbuf)
             except BlockingIOError:
                 return
-            except ConnectionRefusedError:  # ICMP port unreachable from an earlier send: the switch is not up yet
+            except (
+                ConnectionRefusedError
+            ):  # ICMP port unreachable from an earlier send: the switch is not up yet
+                continue
+            if src != switch_addr:
+                stats.foreign += 1  # only the switch's aggregation address may deliver RESULTs
                 continue
             if n != msg_len:
                 stats.malformed += 1
@@ -279,11 +297,7 @@ class Transport:
                 continue
             phase = self._phase[s]
             j = self._round[s]
-            if (
-                phase < Phase.WARMUP_OUT
-                or h.tsi != (j * self._w + s) & _TSI_MASK
-                or h.set != j & 1
-            ):
+            if phase < Phase.WARMUP_OUT or h.tsi != (j * self._w + s) & _TSI_MASK or h.set != j & 1:
                 stats.duplicate_results += 1
                 continue
             stats.results += 1
@@ -302,6 +316,7 @@ class Transport:
             self._out_op[s] = None
             op.sums[row] = self._rlanes  # byte-swaps from the wire's big-endian
             op.result_nonfinite[row] = bool(flags & _NONFINITE)
+            op.progress_at = now
             op.remaining -= 1
             if op.remaining == 0:
                 del self._active[op.index]
@@ -355,7 +370,7 @@ class Transport:
         self._pack(s, exp=self._announce(s), flags=0)
         self._phase[s] = Phase.WARMUP_OUT
         if op.started_at is None:
-            op.started_at = now
+            op.started_at = op.progress_at = now
         self.stats.warmups_sent += 1
         self._first_send(s, now)
 
@@ -377,7 +392,7 @@ class Transport:
                 )
             payload = q.quantize(staged.blocks[rows], shared, self._n)
         if op.started_at is None:
-            op.started_at = now
+            op.started_at = op.progress_at = now
         for i, s in enumerate(slots):
             row = int(rows[i])
             self._pkt_lanes[s][:] = payload[i]
@@ -453,7 +468,7 @@ class Transport:
     def _check_deadlines(self, now: float) -> None:
         limit = self.config.deadline
         for op in self._active.values():
-            if op.started_at is not None and now - op.started_at > limit:
+            if op.started_at is not None and now - op.progress_at > limit:
                 raise self._timeout(op, now)
 
     def _timeout(self, op: Operation, now: float) -> AllReduceTimeout:
@@ -472,7 +487,10 @@ class Transport:
             job_id=self.session.job_id,
             rank=self.session.rank,
             op_index=op.index,
-            waited=now - op.started_at,
+            waited=now - op.progress_at,
+            elapsed=now - op.started_at,
+            done_chunks=op.num_blocks - op.remaining,
+            total_chunks=op.num_blocks,
             deadline=self.config.deadline,
             missing=missing,
             unsent_chunks=op.num_blocks - op.rows_sent,

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-
+from fake_agg_switch import FakeController, FakeSwitch
 from netagg.host_agent import quantize as q
 from netagg.host_agent.client import AllReduceClient
-
-from fake_agg_switch import FakeController, FakeSwitch
 
 #: Every wait in these tests is bounded by this (seconds); the agent's own deadlines are shorter.
 WAIT = 60.0
 
 
 @contextmanager
-def job(num_workers: int, switch: FakeSwitch | None = None, **client_options: Any) -> Iterator[
-    tuple[FakeSwitch, list[AllReduceClient]]
-]:
+def job(
+    num_workers: int, switch: FakeSwitch | None = None, **client_options: Any
+) -> Iterator[tuple[FakeSwitch, list[AllReduceClient]]]:
     """A started FakeSwitch and one joined client per rank; everything is closed on exit."""
     switch = switch or FakeSwitch(num_workers)
     client_options.setdefault("deadline", 10.0)
@@ -30,7 +28,9 @@ def job(num_workers: int, switch: FakeSwitch | None = None, **client_options: An
         clients: list[AllReduceClient] = []
         try:
             for rank in range(num_workers):
-                clients.append(AllReduceClient.join(controller, switch.job, num_workers, rank, **client_options))
+                clients.append(
+                    AllReduceClient.join(controller, switch.job, num_workers, rank, **client_options)
+                )
             yield switch, clients
         finally:
             for client in clients:
@@ -61,7 +61,9 @@ def run_ranks(clients: Sequence[AllReduceClient], body: Callable[[int, AllReduce
     return results
 
 
-def allreduce_all(clients: Sequence[AllReduceClient], inputs: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+def allreduce_all(
+    clients: Sequence[AllReduceClient], inputs: Sequence[Sequence[np.ndarray]]
+) -> list[list[np.ndarray]]:
     """Every rank queues all of its tensors at once (async), then waits; returns new arrays per rank."""
 
     def body(rank: int, client: AllReduceClient) -> list[np.ndarray]:

@@ -14,14 +14,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
+from netagg.host_agent.session import JoinResult, SwitchEndpoint
 
 from netagg.constants import MsgType
-from netagg.wire import LANE_DTYPE, HEADER_BYTES, WireError, decode, pack_header, size_for_lanes
-
-from netagg.host_agent.session import JoinResult, SwitchEndpoint
+from netagg.wire import HEADER_BYTES, LANE_DTYPE, WireError, decode, pack_header, size_for_lanes
 
 
 @dataclass
@@ -108,6 +107,9 @@ class FakeSwitch:
             rank=worker_id if rank is None else rank,
         )
 
+    def worker_address(self, worker_id: int) -> tuple[str, int]:
+        return self._addr_of[worker_id]
+
     def hold(self) -> None:
         """Stop reading the socket (UPDATEs wait in its buffer) until ``release``."""
         self._running.clear()
@@ -115,7 +117,7 @@ class FakeSwitch:
     def release(self) -> None:
         self._running.set()
 
-    def start(self) -> FakeSwitch:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -125,7 +127,7 @@ class FakeSwitch:
         self._thread.join(5)
         self._sock.close()
 
-    def __enter__(self) -> FakeSwitch:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -240,8 +242,16 @@ class FakeSwitch:
         copy = self._copies[set_][slot]
         buf = bytearray(HEADER_BYTES + 4 * self.lanes)
         pack_header(
-            buf, 0, msg_type=MsgType.RESULT, size=self.size, job=self.job_id, tsi=copy.tsi, slot=slot,
-            set=set_, exp=copy.exp, flags=copy.flags,
+            buf,
+            0,
+            msg_type=MsgType.RESULT,
+            size=self.size,
+            job=self.job_id,
+            tsi=copy.tsi,
+            slot=slot,
+            set=set_,
+            exp=copy.exp,
+            flags=copy.flags,
         )
         np.frombuffer(buf, dtype=LANE_DTYPE, offset=HEADER_BYTES)[:] = copy.lanes
         return bytes(buf)
@@ -255,15 +265,32 @@ class FakeController:
         self.heartbeats: Counter[int] = Counter()
         self.left: list[int] = []
 
-    def join(self, job: str, *, world_size: int, rank: int, addr: str, port: int, lanes: int,
-             mac: str | None = None, slots: int | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    def join(
+        self,
+        job: str,
+        *,
+        world_size: int,
+        rank: int,
+        addr: str,
+        port: int,
+        lanes: int,
+        mac: str | None = None,
+        slots: int | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
         sw = self.switch
         if job != sw.job or world_size != sw.num_workers:
-            raise ValueError(f"fake switch serves job {sw.job!r} of {sw.num_workers}, not {job!r} of {world_size}")
+            raise ValueError(
+                f"fake switch serves job {sw.job!r} of {sw.num_workers}, not {job!r} of {world_size}"
+            )
         sw.register(addr, port, rank)
         return {
-            "job_id": sw.job_id, "worker_id": rank, "world_size": world_size, "lanes": sw.lanes,
-            "slots": min(slots or sw.slots, sw.slots), "epoch": sw.epoch,
+            "job_id": sw.job_id,
+            "worker_id": rank,
+            "world_size": world_size,
+            "lanes": sw.lanes,
+            "slots": min(slots or sw.slots, sw.slots),
+            "epoch": sw.epoch,
             "switch": {"mac": "02:00:00:00:00:01", "addr": sw.address[0], "port": sw.address[1]},
         }
 
@@ -272,4 +299,3 @@ class FakeController:
 
     def heartbeat(self, job: str, rank: int) -> None:
         self.heartbeats[rank] += 1
-

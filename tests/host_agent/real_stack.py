@@ -91,14 +91,17 @@ class Stack:
             except ControllerClientError as exc:
                 last = exc
             tick.wait(0.1)
-        raise TimeoutError(f"switch and controller not ready within {START_TIMEOUT} s ({last}):\n{self.logs()}")
+        raise TimeoutError(
+            f"switch and controller not ready within {START_TIMEOUT} s ({last}):\n{self.logs()}"
+        )
 
     def controller(self) -> ControllerClient:
         return ControllerClient(self.api, timeout=10.0)
 
     def logs(self) -> str:
         return "\n".join(
-            f"--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(self.folder.glob("*.log"))
+            f"--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(self.folder.glob("*.log"))
         )
 
     def stop(self) -> None:

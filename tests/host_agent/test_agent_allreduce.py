@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from netagg.host_agent.errors import AgentInputError
-
 from agent_harness import allreduce_all, assert_close_to_reference, job, run_ranks
 from fake_agg_switch import FakeSwitch, Impairment
+from netagg.host_agent.errors import AgentInputError
 
 pytestmark = pytest.mark.loopback
 
@@ -43,7 +41,7 @@ def test_multi_mib_tensor_and_lanes_not_dividing_the_size() -> None:
 @pytest.mark.parametrize("lanes", [32, 64, 128])
 def test_smaller_packets(lanes: int) -> None:
     inputs = _floats(3, 5000, seed=lanes)
-    with job(3, FakeSwitch(3, lanes=lanes)) as (switch, clients):
+    with job(3, FakeSwitch(3, lanes=lanes)) as (_, clients):
         assert clients[0].session.lanes == lanes
         results = allreduce_all(clients, [[x] for x in inputs])
     assert_close_to_reference(results[2][0], inputs, lanes)
@@ -64,7 +62,7 @@ def test_int32_is_exact() -> None:
 
 
 def test_int32_that_could_wrap_is_refused_before_sending() -> None:
-    with job(2) as (switch, clients):
+    with job(2) as (_, clients):
         x = np.array([1, 2**30 + 5], dtype=np.int32)
         with pytest.raises(AgentInputError, match="could wrap"):
             clients[0].allreduce(x)
@@ -72,9 +70,8 @@ def test_int32_that_could_wrap_is_refused_before_sending() -> None:
 
 
 def test_unsupported_dtype_is_refused() -> None:
-    with job(1) as (_, clients):
-        with pytest.raises(AgentInputError, match="int64"):
-            clients[0].allreduce(np.zeros(4, dtype=np.int64))
+    with job(1) as (_, clients), pytest.raises(AgentInputError, match="int64"):
+        clients[0].allreduce(np.zeros(4, dtype=np.int64))
 
 
 def test_in_place_and_shapes() -> None:
@@ -100,7 +97,7 @@ def test_non_contiguous_and_float16_float64() -> None:
     assert_close_to_reference(results[0][0], views, switch.lanes)
     assert results[0][1].dtype == np.float16 and results[0][2].dtype == np.float64
     assert_close_to_reference(results[1][2], [d.astype(np.float32) for d in doubles], switch.lanes)
-    expected16, = allreduce_all_reference(halves, switch.lanes)
+    (expected16,) = allreduce_all_reference(halves, switch.lanes)
     np.testing.assert_array_equal(results[0][1], expected16)
 
 
@@ -128,19 +125,19 @@ def test_zero_size_and_nonfinite_blocks() -> None:
     assert_close_to_reference(results[0][1][:lanes], clean, lanes)
 
 
-IMPAIRMENTS = {
-    "switch-ingress-1%": dict(ingress=Impairment(loss=0.01)),
-    "switch-ingress-10%": dict(ingress=Impairment(loss=0.10)),
-    "switch-egress-10%": dict(egress=Impairment(loss=0.10)),
-    "agent-1%": dict(agent_loss=0.01),
-    "agent-10%": dict(agent_loss=0.10),
-    "duplicates": dict(ingress=Impairment(duplicate=0.2), egress=Impairment(duplicate=0.2)),
-    "reordering": dict(ingress=Impairment(reorder=0.2), egress=Impairment(reorder=0.2)),
-    "everything": dict(
-        ingress=Impairment(loss=0.05, duplicate=0.1, reorder=0.1),
-        egress=Impairment(loss=0.05, duplicate=0.1, reorder=0.1),
-        agent_loss=0.05,
-    ),
+IMPAIRMENTS: dict[str, dict[str, object]] = {
+    "switch-ingress-1%": {"ingress": Impairment(loss=0.01)},
+    "switch-ingress-10%": {"ingress": Impairment(loss=0.10)},
+    "switch-egress-10%": {"egress": Impairment(loss=0.10)},
+    "agent-1%": {"agent_loss": 0.01},
+    "agent-10%": {"agent_loss": 0.10},
+    "duplicates": {"ingress": Impairment(duplicate=0.2), "egress": Impairment(duplicate=0.2)},
+    "reordering": {"ingress": Impairment(reorder=0.2), "egress": Impairment(reorder=0.2)},
+    "everything": {
+        "ingress": Impairment(loss=0.05, duplicate=0.1, reorder=0.1),
+        "egress": Impairment(loss=0.05, duplicate=0.1, reorder=0.1),
+        "agent_loss": 0.05,
+    },
 }
 
 
@@ -157,7 +154,7 @@ def impaired_inputs() -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
         ]
         for r in range(n)
     ]
-    with job(n) as (switch, clients):
+    with job(n) as (_, clients):
         lossless = allreduce_all(clients, inputs)
     return inputs, lossless
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import netagg.controller.client as controller_client
-from netagg.host_agent import cli
-
+import pytest
 from agent_harness import run_ranks
 from fake_agg_switch import FakeController, FakeSwitch
+from netagg.host_agent import cli
 
 pytestmark = pytest.mark.loopback
 
@@ -26,7 +24,9 @@ def test_cli_all_reduces_checks_and_reports(
                 "--json", "--dtype", dtype, "--loss", "0.02", "--window", "16"]  # fmt: skip
         codes = run_ranks([None, None], lambda rank, _: cli.main([*argv, "--rank", str(rank)]))  # type: ignore[list-item]
     assert codes == [0, 0]
-    reports = sorted((json.loads(line) for line in capsys.readouterr().out.splitlines()), key=lambda r: r["rank"])
+    reports = sorted(
+        (json.loads(line) for line in capsys.readouterr().out.splitlines()), key=lambda r: r["rank"]
+    )
     assert [r["rank"] for r in reports] == [0, 1]
     for report in reports:
         assert report["check"]["ok"] and report["window"] == 16 and report["bytes"] == 40000
@@ -51,6 +51,8 @@ def test_cli_text_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     with FakeSwitch(1, job="solo") as switch:
         controller = FakeController(switch)
         monkeypatch.setattr(controller_client, "ControllerClient", lambda address: controller)
-        assert cli.main(["--job", "solo", "--world-size", "1", "--rank", "0", "--size", "1000", "--check"]) == 0
+        assert (
+            cli.main(["--job", "solo", "--world-size", "1", "--rank", "0", "--size", "1000", "--check"]) == 0
+        )
     out = capsys.readouterr().out
     assert "goodput" in out and "check OK" in out

@@ -6,15 +6,12 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-
+from agent_harness import WAIT, assert_close_to_reference, run_ranks
 from netagg.host_agent.client import AllReduceClient
 from netagg.host_agent.errors import AllReduceTimeout
-
-from agent_harness import WAIT, assert_close_to_reference, run_ranks
 from real_stack import Stack, missing_reason
 
 pytestmark = pytest.mark.loopback
@@ -58,7 +55,9 @@ def _run(stack: Stack, job: str, inputs: list[list[np.ndarray]], **options: obje
     controller = stack.controller()
 
     def body(rank: int, _: object) -> list[np.ndarray]:
-        with AllReduceClient.join(controller, job, n, rank, join_timeout=30, deadline=20, **options) as client:
+        with AllReduceClient.join(
+            controller, job, n, rank, join_timeout=30, deadline=20, **options
+        ) as client:
             futures = [client.allreduce_async(x, inplace=False) for x in inputs[rank]]
             return [f.result(WAIT) for f in futures]
 
@@ -102,14 +101,12 @@ def test_stopped_worker_fails_the_other_within_its_deadline(stack: Stack) -> Non
     assert "job 'stopping'" in message and "rank 0" in message and "still missing" in message
 
 
-def test_cli_runs_checks_and_reports_goodput(stack: Stack, tmp_path: Path) -> None:
+def test_cli_runs_checks_and_reports_goodput(stack: Stack) -> None:
+    argv = [sys.executable, "-m", "netagg.host_agent.cli", "--controller", stack.api, "--job", "cli",
+            "--world-size", "2", "--size", "100000", "--iterations", "2", "--check", "--json", "--loss", "0.01",
+            "--deadline", "20", "--join-timeout", "30"]  # fmt: skip
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "netagg.host_agent.cli", "--controller", stack.api, "--job", "cli",
-             "--world-size", "2", "--rank", str(rank), "--size", "100000", "--iterations", "2", "--check",
-             "--json", "--loss", "0.01", "--deadline", "20", "--join-timeout", "30"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        subprocess.Popen([*argv, "--rank", str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for rank in range(2)
     ]
     reports = []

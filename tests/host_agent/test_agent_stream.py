@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import numpy as np
 import pytest
-
-from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout
-
 from agent_harness import WAIT, allreduce_all, assert_close_to_reference, job, run_ranks
 from fake_agg_switch import FakeController, FakeSwitch
+from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout
+
+from netagg.constants import MsgType
+from netagg.wire import HEADER_BYTES, LANE_DTYPE, pack_header
 
 pytestmark = pytest.mark.loopback
 
@@ -94,6 +96,26 @@ def test_exponent_equal_to_the_unknown_marker_is_still_exact() -> None:
     _check(results, inputs)
 
 
+def test_results_from_anyone_but_the_switch_are_ignored() -> None:
+    switch = FakeSwitch(1)
+    with job(1, switch) as (_, clients):
+        switch.hold()
+        future = clients[0].allreduce_async(np.ones(10, np.int32), inplace=False)
+        forged = bytearray(HEADER_BYTES + 4 * switch.lanes)
+        pack_header(forged, 0, msg_type=MsgType.RESULT, size=switch.size, job=switch.job_id, tsi=0, slot=0, set=0,
+                    exp=0)  # fmt: skip
+        np.frombuffer(forged, dtype=LANE_DTYPE, offset=HEADER_BYTES)[:] = 999
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+            intruder.sendto(forged, switch.worker_address(0))
+            intruder.sendto(b"junk", switch.worker_address(0))
+            limit = time.monotonic() + WAIT
+            while clients[0].stats.foreign < 2:
+                assert time.monotonic() < limit, "the forged datagrams never arrived"
+                time.sleep(0.01)
+        switch.release()
+        np.testing.assert_array_equal(future.result(WAIT), np.ones(10, np.int32))
+
+
 def test_stopped_peer_makes_the_others_fail_with_a_clear_error() -> None:
     n, deadline = 3, 1.0
     x = [np.ones(5000, np.float32) for _ in range(n)]
@@ -123,7 +145,9 @@ def test_peer_that_never_issues_the_all_reduce() -> None:
     n, deadline = 2, 0.5
     with job(n, deadline=deadline) as (_, clients):
         future = clients[0].allreduce_async(np.ones(10, np.float32))
-        queued = clients[0].allreduce_async(np.ones(10, np.float32))  # behind it: fails with the broken stream
+        queued = clients[0].allreduce_async(
+            np.ones(10, np.float32)
+        )  # behind it: fails with the broken stream
         with pytest.raises(AllReduceTimeout, match="rank 0"):
             future.result(WAIT)
         with pytest.raises(AgentBrokenError):
@@ -201,7 +225,11 @@ def test_torch_tensors_in_place_and_new() -> None:
     for r in range(n):
         out_f32, out_bf16, out_f16, out_i32, out_strided = results[r]
         assert out_f32 is f32[r] and out_strided is strided[r]
-        assert out_bf16.dtype == torch.bfloat16 and out_f16.dtype == torch.float16 and out_i32.dtype == torch.int32
+        assert (
+            out_bf16.dtype == torch.bfloat16
+            and out_f16.dtype == torch.float16
+            and out_i32.dtype == torch.int32
+        )
         assert torch.equal(out_i32, ref_i32)
         reference = [t.reshape(-1).clone().detach().to(torch.float32).tolist() for t in ref_f32]
         assert_close_to_reference(

@@ -6,18 +6,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
 from netagg.host_agent.errors import AgentInputError, AllReduceTimeout, JoinError
 from netagg.host_agent.session import JoinResult
 from netagg.host_agent.staging import stage
 from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
+
 from netagg.wire import EXP_MIN, WireError
 
 pytestmark = pytest.mark.unit
 
 ANSWER = {
-    "job_id": 3, "worker_id": 1, "world_size": 4, "lanes": 128, "slots": 32, "epoch": 9,
-    "switch": {"mac": "02:00:00:00:00:01", "addr": "10.0.0.254", "port": 48864}, "lease_seconds": 10.0,
+    "job_id": 3,
+    "worker_id": 1,
+    "world_size": 4,
+    "lanes": 128,
+    "slots": 32,
+    "epoch": 9,
+    "switch": {"mac": "02:00:00:00:00:01", "addr": "10.0.0.254", "port": 48864},
+    "lease_seconds": 10.0,
 }
 
 
@@ -132,11 +138,31 @@ def test_staging_torch_refuses_leaf_requiring_grad() -> None:
 
 def test_timeout_message_names_job_rank_slots_and_wait() -> None:
     err = AllReduceTimeout(
-        job="train", job_id=4, rank=2, op_index=17, waited=3.25, deadline=3.0,
-        missing=[(s, 1000 + s) for s in range(8)], unsent_chunks=12, retransmissions=40,
+        job="train",
+        job_id=4,
+        rank=2,
+        op_index=17,
+        waited=3.25,
+        elapsed=9.5,
+        done_chunks=5,
+        total_chunks=20,
+        deadline=3.0,
+        missing=[(s, 1000 + s) for s in range(8)],
+        unsent_chunks=12,
+        retransmissions=40,
     )
     text = str(err)
-    for part in ("job 'train'", "rank 2", "#17", "3.25 s", "8 slot(s) still missing", "slot 0 tsi 1000",
-                 "(3 more)", "12 chunk(s) not sent"):
+    for part in (
+        "job 'train'",
+        "rank 2",
+        "#17",
+        "3.25 s",
+        "8 slot(s) still missing",
+        "slot 0 tsi 1000",
+        "(3 more)",
+        "12 chunk(s) not sent",
+        "9.50 s since it started",
+        "5 of 20 chunks",
+    ):
         assert part in text
     assert isinstance(err, TimeoutError)
