@@ -129,7 +129,10 @@ class Transport:
         self._queue: list[deque[list]] = [deque() for _ in range(w)]  # entries [op, row]: chunks for the slot
         self._out_op: list[Operation | None] = [None] * w
         self._out_row = [0] * w
-        self._sent_at = [0.0] * w
+        self._sent_at = [0.0] * w  # first transmission of the slot's round in flight
+        self._last_tx = [0.0] * w  # latest (re)transmission
+        self._last_result = 0.0  # when the latest accepted RESULT arrived, on any slot
+        self._retx_share = 0.0  # moving share of rounds that needed a retransmission (over ~W rounds)
         self._attempts = [0] * w
         self._slot_rto = [0.0] * w
         self._generation = [0] * w
@@ -305,8 +308,12 @@ class Transport:
 
     def _complete_round(self, s: int, phase: Phase, exp: int, flags: int) -> None:
         now = time.monotonic()
+        self._last_result = now
         if self._attempts[s] == 0:
             self._rtt.sample(now - self._sent_at[s])
+            self._retx_share -= self._retx_share / self._w
+        else:
+            self._retx_share += (1.0 - self._retx_share) / self._w
         self._generation[s] += 1  # invalidates the slot's pending retransmission deadline
         self._round[s] += 1
         if phase == Phase.DATA_OUT:
@@ -422,7 +429,7 @@ class Transport:
 
     def _first_send(self, s: int, now: float) -> None:
         self._attempts[s] = 0
-        self._sent_at[s] = now
+        self._sent_at[s] = self._last_tx[s] = now
         rto = self._rtt.rto
         self._slot_rto[s] = rto
         self._timers.push(now + rto, s, self._generation[s])
@@ -436,13 +443,21 @@ class Transport:
                 continue
             fired = True
             self._attempts[s] += 1
-            rto = min(self._slot_rto[s] * 2, self.config.rto.maximum)  # exponential backoff
+            if self._last_result > self._last_tx[s]:
+                # The job moved on since this slot last sent: the network and the peers are alive, a packet of
+                # this round was lost. Retry at the normal timeout rather than after a backoff.
+                rto = self._rtt.rto
+            else:  # nothing arrived at all: back off (a peer is slow or gone, or the switch is down)
+                rto = min(self._slot_rto[s] * 2, self.config.rto.maximum)
             self._slot_rto[s] = rto
             self._timers.push(now + rto, s, g)
             self.stats.retransmissions += 1
+            self._last_tx[s] = now
             self._transmit(s)  # the same bytes as the first transmission
-        if fired:
-            self._rtt.backoff()  # once per scan, not per slot: W slots often expire together
+        if fired and self._retx_share > 0.8:
+            # Most rounds need a retransmission: far more than loss explains, so the timeout is too short
+            # (Karn's rule starves the estimator exactly then). Double it once per scan, as TCP does.
+            self._rtt.backoff()
         self._timers.discard_stale(gen)
 
     def _transmit(self, s: int) -> None:
