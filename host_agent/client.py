@@ -134,10 +134,14 @@ class AllReduceClient:
                 raise
             except Exception as exc:
                 raise JoinError(f"joining job {job!r} as rank {rank} of {world_size} failed: {exc}") from exc
-            session = JoinResult.from_answer(answer, job=job, rank=rank)
-            if session.lease_seconds and "heartbeat_interval" not in options:
-                options["heartbeat_interval"] = min(DEFAULT_HEARTBEAT_INTERVAL, session.lease_seconds / 4)
-            return cls(session, sock, controller=controller, **options)
+            try:
+                session = JoinResult.from_answer(answer, job=job, rank=rank)
+                if session.lease_seconds and "heartbeat_interval" not in options:
+                    options["heartbeat_interval"] = min(DEFAULT_HEARTBEAT_INTERVAL, session.lease_seconds / 4)
+                return cls(session, sock, controller=controller, **options)
+            except BaseException:
+                _leave_quietly(controller, job, rank)  # joined but cannot run: free the job's place at once
+                raise
         except BaseException:
             sock.close()
             raise
@@ -238,3 +242,10 @@ class AllReduceClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _leave_quietly(controller: JobApi, job: str, rank: int) -> None:
+    try:
+        controller.leave(job, rank)
+    except Exception as exc:  # noqa: BLE001 - the controller also expires workers whose heartbeats stop
+        log.warning("leaving job %r as rank %d failed: %s", job, rank, exc)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from agent_harness import WAIT, allreduce_all, assert_close_to_reference, job, run_ranks
 from fake_agg_switch import FakeController, FakeSwitch
-from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout
+from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AgentInputError, AllReduceTimeout
 
 from netagg.constants import MsgType
 from netagg.wire import HEADER_BYTES, LANE_DTYPE, pack_header
@@ -180,6 +180,16 @@ def test_heartbeat_while_joined_and_leave_on_close() -> None:
             np.testing.assert_array_equal(client.allreduce(np.arange(5, dtype=np.int32)), np.arange(5))
         finally:
             client.close()
+    assert controller.left == [0]
+
+
+def test_join_that_cannot_run_leaves_again() -> None:
+    switch = FakeSwitch(1, slots=8)
+    controller = FakeController(switch)
+    from netagg.host_agent.client import AllReduceClient
+
+    with switch, pytest.raises(AgentInputError, match="window 9 must be within 1..8"):
+        AllReduceClient.join(controller, switch.job, 1, 0, window=9)
     assert controller.left == [0]
 
 
