@@ -12,7 +12,9 @@ each datagram is wrapped in synthesized Ethernet/IPv4/UDP headers as if it had a
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
+import mmap
 import socket
 import struct
 from collections.abc import Callable
@@ -35,6 +37,20 @@ PACKET_MR_PROMISC: Final = 1
 PACKET_IGNORE_OUTGOING: Final = 23
 #: sll_pkttype of frames the host transmitted (the fallback filter when PACKET_IGNORE_OUTGOING is missing).
 PACKET_OUTGOING: Final = 4
+PACKET_RX_RING: Final = 5
+PACKET_VERSION: Final = 10
+TPACKET_V2: Final = 1
+#: tp_status bit: the frame belongs to user space (filled by the kernel, not yet handed back).
+TP_STATUS_USER: Final = 1
+SIOCGIFMTU: Final = 0x8921
+#: struct tpacket2_hdr up to tp_mac: tp_status, tp_len, tp_snaplen, tp_mac.
+_TPACKET2 = struct.Struct("IIIH")
+#: Offset of sockaddr_ll's sll_pkttype in a TPACKET_V2 frame (after the 32-byte header, at +10).
+_TPACKET2_PKTTYPE: Final = 32 + 10
+#: Ring bytes per port; with 2 KiB frames (MTU 1500) that is 2048 frames of backlog.
+RX_RING_BYTES: Final = 4 << 20
+#: Ring frame bytes beyond the Ethernet frame: tpacket2 header, sockaddr_ll, alignment, a VLAN tag.
+_RING_FRAME_OVERHEAD: Final = 128
 
 #: The switch port number UDP-mode datagrams arrive on and RESULTs must leave by.
 UDP_PORT_NUMBER: Final = 1
@@ -112,6 +128,74 @@ def parse_port_spec(spec: str) -> tuple[int, str]:
     return port, iface
 
 
+class RxRing:
+    """A socket's PACKET_RX_RING (TPACKET_V2): the kernel writes frames into shared memory and the switch reads
+    them there, without a system call per frame (the socket is still polled to wait for the first one)."""
+
+    def __init__(self, sock: socket.socket, max_frame: int, filter_outgoing: bool) -> None:
+        """Set up the ring on ``sock`` before it is bound; ``max_frame`` is the largest frame it must hold."""
+        frame_size = 2048
+        while frame_size < max_frame + _RING_FRAME_OVERHEAD:
+            frame_size *= 2
+        block_size = max(frame_size, mmap.PAGESIZE, 1 << 16)
+        block_nr = max(1, RX_RING_BYTES // block_size)
+        self.frame_size = frame_size
+        self.frame_nr = block_nr * (block_size // frame_size)
+        self.filter_outgoing = filter_outgoing
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        request = struct.pack("IIII", block_size, block_nr, frame_size, self.frame_nr)
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
+        self._map = mmap.mmap(
+            sock.fileno(), block_size * block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        self._view = memoryview(self._map)
+        self._status = self._view.cast("I")  # tp_status of frame i is word i * frame_size / 4
+        self._next = 0
+        #: Frames larger than a ring frame (only with GRO/LRO on the interface): dropped.
+        self.truncated = 0
+
+    def receive(self, port: int, handler: FrameHandler, budget: int) -> int:
+        """Hand up to ``budget`` ready frames to ``handler``, returning each frame to the kernel after it."""
+        ring = self._map
+        view = self._view
+        status = self._status
+        frame_size = self.frame_size
+        last = self.frame_nr - 1
+        unpack = _TPACKET2.unpack_from
+        i = self._next
+        handled = 0
+        while handled < budget:
+            offset = i * frame_size
+            word = offset >> 2
+            if not status[word] & TP_STATUS_USER:
+                break
+            try:
+                _, length, snaplen, mac = unpack(ring, offset)
+                if snaplen != length:
+                    self.truncated += 1
+                    if self.truncated == 1:
+                        log.warning(
+                            "port %d: a %d-byte frame does not fit the receive ring (%d bytes a frame); "
+                            "turn GRO/LRO off on the interface",
+                            port,
+                            length,
+                            frame_size,
+                        )
+                elif not (self.filter_outgoing and ring[offset + _TPACKET2_PKTTYPE] == PACKET_OUTGOING):
+                    handled += 1
+                    handler(view[offset + mac : offset + mac + snaplen], port)
+            finally:
+                status[word] = 0  # TP_STATUS_KERNEL: the kernel may fill the frame again
+            i = i + 1 if i < last else 0
+        self._next = i
+        return handled
+
+    def close(self) -> None:
+        self._status.release()
+        self._view.release()
+        self._map.close()
+
+
 class AfPacketPorts(PortIO):
     """One raw AF_PACKET socket per switch port, bound to its interface."""
 
@@ -127,6 +211,7 @@ class AfPacketPorts(PortIO):
         self._sockets: dict[int, socket.socket] = {}
         self._port_of_fd: dict[int, int] = {}
         self._filter_outgoing: dict[int, bool] = {}
+        self._rings: dict[int, RxRing] = {}
         self._buffer = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
         try:
@@ -143,6 +228,7 @@ class AfPacketPorts(PortIO):
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError as exc:
             raise PortError(exc.errno, f"port {port}@{iface}: raw sockets need root or CAP_NET_RAW") from None
+        ring = None
         try:
             try:
                 sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
@@ -151,6 +237,7 @@ class AfPacketPorts(PortIO):
                 filter_outgoing = True
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+            ring = self._open_ring(sock, port, iface, filter_outgoing)
             sock.bind((iface, ETH_P_ALL))
             # Promiscuous for as long as the socket lives: a switch port receives frames for any MAC.
             ifindex = socket.if_nametoindex(iface)
@@ -159,17 +246,42 @@ class AfPacketPorts(PortIO):
             )
             sock.setblocking(False)
         except OSError as exc:
+            if ring is not None:
+                ring.close()
             sock.close()
             raise PortError(exc.errno, f"port {port}@{iface}: {exc.strerror or exc}") from None
         self._sockets[port] = sock
         self._port_of_fd[sock.fileno()] = port
         self._filter_outgoing[sock.fileno()] = filter_outgoing
+        if ring is not None:
+            self._rings[sock.fileno()] = ring
+
+    @staticmethod
+    def _open_ring(sock: socket.socket, port: int, iface: str, filter_outgoing: bool) -> RxRing | None:
+        """A receive ring sized for the interface's MTU, or None (plain receives) if the kernel refuses one."""
+        # The MTU as the socket's namespace sees it (raises for an interface that does not exist).
+        request = struct.pack("16si12x", iface.encode(), 0)
+        mtu = struct.unpack_from("16si", fcntl.ioctl(sock.fileno(), SIOCGIFMTU, request))[1]
+        try:
+            return RxRing(sock, mtu + ETH_HEADER_BYTES, filter_outgoing)
+        except (OSError, ValueError) as exc:
+            log.warning("port %d@%s: no receive ring (%s); receiving frame by frame", port, iface, exc)
+            return None
 
     def fds(self) -> list[int]:
         return list(self._port_of_fd)
 
+    def ring_ports(self) -> list[int]:
+        """Ports served by a receive ring (the others receive frame by frame)."""
+        return sorted(self._port_of_fd[fd] for fd in self._rings)
+
     def receive(self, fd: int, handler: FrameHandler, budget: int = RECV_BUDGET) -> int:
         port = self._port_of_fd[fd]
+        ring = self._rings.get(fd)
+        if ring is not None:
+            handled = ring.receive(port, handler, budget)
+            self.stats.rx += handled
+            return handled
         sock = self._sockets[port]
         view = self._view
         if self._filter_outgoing[fd]:
@@ -224,6 +336,9 @@ class AfPacketPorts(PortIO):
         return "ports " + ", ".join(f"{p}@{i}" for p, i in sorted(self.interfaces.items()))
 
     def close(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()

@@ -4,6 +4,7 @@ received on the other ends with raw sockets. Needs root; the namespace and the p
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from netagg.softswitch import ports as ports_module
 from netagg.softswitch.pipeline import Pipeline
 from netagg.softswitch.ports import (
     ETH_P_ALL,
@@ -155,7 +157,16 @@ def is_result_for(udp_port: int):  # type: ignore[no-untyped-def]
     return match
 
 
-def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(veths: Veths) -> None:
+@pytest.mark.parametrize("ring", [True, False], ids=["rx-ring", "recv"])
+def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(
+    veths: Veths, ring: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not ring:  # a kernel that refuses PACKET_RX_RING: the ports fall back to a receive call per frame
+
+        def refuse(*args: object) -> None:
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+
+        monkeypatch.setattr(ports_module, "RxRing", refuse)
     state = contract_state()
     install_switch(state, ports=(1, 2))
     job = make_job(5, 2, ports=(1, 2), size=1)
@@ -167,6 +178,7 @@ def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(veths: Veths
     pipeline = Pipeline(state, seed=1)
     with inside(veths.namespace):
         ports = AfPacketPorts({1: "sw1", 2: "sw2"})
+    assert ports.ring_ports() == ([1, 2] if ring else [])
     with (
         SoftSwitch(pipeline, ports),
         raw_socket(veths.test_ifaces[0]) as t1,
