@@ -72,6 +72,8 @@ class ApiServer(ThreadingHTTPServer):
     """Serves the job API for one JobManager; ``stats`` reads the switch's counters for a list of jobs."""
 
     daemon_threads = True
+    # Every rank of a job connects at about the same moment; the default backlog of 5 resets the rest.
+    request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], manager: JobManager, stats: StatsFn) -> None:
         self.manager = manager

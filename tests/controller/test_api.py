@@ -213,3 +213,25 @@ def test_unreachable_controller_is_a_clear_error() -> None:
     client = ControllerClient("127.0.0.1:1", timeout=2)
     with pytest.raises(ControllerUnreachable, match="127.0.0.1:1"):
         client.jobs()
+
+
+def test_many_jobs_join_at_once(service: Service) -> None:
+    # 32 connections at once: the listen backlog must hold them all.
+    outcomes: dict[str, list[Any]] = {}
+
+    def job(name: str) -> None:
+        outcomes[name] = join_ranks(service.client, name, 4, slots=4, timeout=20)
+
+    threads = [threading.Thread(target=job, args=(f"job{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    failures = [r for results in outcomes.values() for r in results if not isinstance(r, JoinResult)]
+    assert not failures
+    ids = {results[0].job_id for results in outcomes.values()}
+    assert len(ids) == 8
+    listing = {j["job"]: j for j in service.client.jobs()["jobs"]}
+    ranges = sorted((j["pool_base"], j["pool_base"] + j["slots"]) for j in listing.values())
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ranges, ranges[1:]))
+    assert len(service.recorder.calls) == 8

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netagg.controller.pool import PoolFull, SlotPool, SlotRange
 
@@ -71,3 +73,26 @@ def test_epoch_wraps_without_zero() -> None:
     pool.release(r)
     r = pool.allocate(1)
     assert pool.assign_epoch(r) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=60))
+def test_random_allocations_stay_disjoint_and_epochs_fresh(ops: list[tuple[bool, int]]) -> None:
+    pool = SlotPool(32)
+    held: list[SlotRange] = []
+    for allocate, n in ops:
+        if allocate or not held:
+            try:
+                r = pool.allocate(n)
+            except PoolFull as full:
+                assert full.largest_free < n and full.free == pool.free_slots
+                continue
+            previous = {pool.last_epoch(s) for s in range(r.base, r.end)}
+            epoch = pool.assign_epoch(r)
+            assert epoch != 0 and epoch not in previous
+            held.append(r)
+        else:
+            pool.release(held.pop(n % len(held)))
+        covered = sorted(s for r in held for s in range(r.base, r.end))
+        assert len(covered) == len(set(covered)) and all(0 <= s < 32 for s in covered)
+        assert pool.free_slots == 32 - len(covered)
