@@ -18,6 +18,7 @@ from typing import Any, Self
 from netagg.host_agent.errors import (
     AgentBrokenError,
     AgentClosedError,
+    AgentError,
     AgentInputError,
     AllReduceTimeout,
     JoinError,
@@ -167,6 +168,10 @@ class AllReduceClient:
 
     def allreduce(self, x: Any, *, inplace: bool = True) -> Any:
         """Blocking ``allreduce_async``; raises the operation's error (e.g. AllReduceTimeout)."""
+        if self._on_completion_thread():
+            raise AgentError(
+                "blocking allreduce() inside a completion callback would wait for itself; use allreduce_async()"
+            )
         future = self.allreduce_async(x, inplace=inplace)
         # The transport resolves every future by its deadline; the bound here only guards against a bug.
         return future.result(timeout=self._transport.config.deadline * 4 + 60)
@@ -178,6 +183,9 @@ class AllReduceClient:
     @property
     def window(self) -> int:
         return self._transport.config.window
+
+    def _on_completion_thread(self) -> bool:
+        return threading.current_thread().name.startswith(self._completion_prefix + "_")
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -223,8 +231,7 @@ class AllReduceClient:
         try:
             self._transport.close()
             # A future's callback may close the client on the completion thread, which cannot wait for itself.
-            on_completion_thread = threading.current_thread().name.startswith(self._completion_prefix)
-            self._completions.shutdown(wait=not on_completion_thread)
+            self._completions.shutdown(wait=not self._on_completion_thread())
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.stop()

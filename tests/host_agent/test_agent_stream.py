@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pytest
 from agent_harness import WAIT, allreduce_all, assert_close_to_reference, job, run_ranks
 from fake_agg_switch import FakeController, FakeSwitch
-from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AgentInputError, AllReduceTimeout
+from netagg.host_agent.errors import (
+    AgentBrokenError,
+    AgentClosedError,
+    AgentError,
+    AgentInputError,
+    AllReduceTimeout,
+)
 
 from netagg.constants import MsgType
 from netagg.wire import HEADER_BYTES, LANE_DTYPE, pack_header
@@ -181,6 +189,30 @@ def test_heartbeat_while_joined_and_leave_on_close() -> None:
         finally:
             client.close()
     assert controller.left == [0]
+
+
+def test_callbacks_may_chain_async_work_but_not_block() -> None:
+    with job(1) as (_, clients):
+        client = clients[0]
+        chained: list[Future[Any]] = []
+        refused: list[BaseException] = []
+
+        def callback(_: Future[Any]) -> None:
+            chained.append(client.allreduce_async(np.arange(3, dtype=np.int32)))
+            try:
+                client.allreduce(np.arange(3, dtype=np.int32))
+            except AgentError as exc:
+                refused.append(exc)
+            client.close()  # closing from a callback must not wait for the callback's own thread
+
+        client.allreduce_async(np.ones(4, np.float32)).add_done_callback(callback)
+        limit = time.monotonic() + WAIT
+        while not (chained and refused):
+            assert time.monotonic() < limit, "the callback did not run"
+            time.sleep(0.01)
+        assert "would wait for itself" in str(refused[0])
+        with pytest.raises(AgentClosedError):
+            chained[0].result(WAIT)
 
 
 def test_join_that_cannot_run_leaves_again() -> None:
