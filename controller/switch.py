@@ -1,8 +1,8 @@
 """The switch layer: one P4Runtime switch, kept programmed with the static state and the current jobs.
 
 finsy provides the encoding, the P4Info schema, the entities and the gRPC client; this module adds the
-lifecycle. At start it pushes the pipeline unconditionally, on a session of its own (that zeroes every register, so the controller's
-per-slot epoch record, which starts empty, is true). Later, whenever finsy (re)connects and becomes primary --
+lifecycle. At start it pushes the pipeline unconditionally, on a session of its own (that zeroes every register,
+so the controller's per-slot epoch record, which starts empty, is true). Later, whenever finsy (re)connects and becomes primary --
 after a dropped connection or a switch restart -- its ready handler re-installs everything: finsy first pushes
 the pipeline only if the switch does not already run it (cookie check), then ``_reinstall`` inserts the static
 state and every current job, turning ALREADY_EXISTS into MODIFY, so it is right in both cases.
@@ -151,7 +151,7 @@ class SwitchConnection:
         self._thread = threading.Thread(target=loop.run_forever, name="netagg-p4runtime", daemon=True)
         self._thread.start()
         try:
-            self._call(self._start(timeout), timeout + self._call_timeout)
+            self._call(self._start(schema, timeout), timeout + self._call_timeout)
             if not self._ready.wait(max(timeout, 1.0)):
                 raise SwitchUnavailable(
                     f"switch {self.topology.address} did not become ready within {timeout:g} s{self._why()}"
@@ -160,7 +160,7 @@ class SwitchConnection:
             self.stop()
             raise
 
-    async def _start(self, timeout: float) -> None:
+    async def _start(self, schema: P4Schema, timeout: float) -> None:
         self._lock = asyncio.Lock()
         options = SwitchOptions(
             p4info=self._p4info,
@@ -171,7 +171,6 @@ class SwitchConnection:
         deadline = time.monotonic() + timeout
         # A one-off session that always pushes the pipeline: the switch may still hold registers written under
         # epochs of a previous controller, which this one cannot know.
-        schema = P4Schema(self._p4info, self._p4blob)
         while True:
             try:
                 await self._push_pipeline(schema, max(deadline - time.monotonic(), 1.0))
