@@ -61,7 +61,9 @@ class AllReduceClient:
         """Run the protocol for an existing admission on ``sock`` (bound to the address the switch sends to)."""
         if deadline <= 0:
             raise AgentInputError(f"deadline must be positive, got {deadline}")
-        window = min(session.slots, DEFAULT_WINDOW) if window is None else window
+        # Every worker must use the same W (chunk d rides slot d % W). The grant is the same for all ranks of a
+        # job, so the default, all granted slots, agrees by construction.
+        window = session.slots if window is None else window
         if not 1 <= window <= session.slots:
             raise AgentInputError(
                 f"window {window} must be within 1..{session.slots} (slots granted to job {session.job!r})"
@@ -112,13 +114,16 @@ class AllReduceClient:
     ) -> AllReduceClient:
         """Bind a UDP socket, join ``job`` through the controller (waits for all ranks) and start the client.
 
-        ``options`` are passed to the constructor (window, deadline, rto, loss, loss_seed, heartbeat_interval).
+        ``window`` (an option) is the number of slots asked for; the window used is what the controller grants, so
+        all ranks agree on it. Other ``options`` go to the constructor (deadline, rto, loss, loss_seed,
+        heartbeat_interval).
         """
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind((bind, port))
             addr, bound_port = sock.getsockname()
-            want_slots = slots if slots is not None else options.get("window") or DEFAULT_WINDOW
+            if slots is None:  # ask for the window; W is then whatever the controller grants to every rank
+                slots = options.pop("window", None) or DEFAULT_WINDOW
             try:
                 answer = controller.join(
                     job,
@@ -128,7 +133,7 @@ class AllReduceClient:
                     port=bound_port,
                     mac=mac or mac_for_address(addr),
                     lanes=lanes,
-                    slots=want_slots,
+                    slots=slots,
                     timeout=join_timeout,
                 )
             except JoinError:

@@ -220,9 +220,15 @@ def test_join_that_cannot_run_leaves_again() -> None:
     controller = FakeController(switch)
     from netagg.host_agent.client import AllReduceClient
 
-    with switch, pytest.raises(AgentInputError, match="window 9 must be within 1..8"):
-        AllReduceClient.join(controller, switch.job, 1, 0, window=9)
+    with switch, pytest.raises(AgentInputError, match="deadline must be positive"):
+        AllReduceClient.join(controller, switch.job, 1, 0, deadline=0)
     assert controller.left == [0]
+
+
+def test_window_is_the_grant_so_all_ranks_agree() -> None:
+    switch = FakeSwitch(2, slots=8)
+    with job(2, switch, window=64) as (_, clients):  # asks for 64, the switch grants 8
+        assert [c.window for c in clients] == [8, 8]
 
 
 torch = pytest.importorskip("torch")
