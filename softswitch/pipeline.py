@@ -5,10 +5,10 @@
 Tables, multicast groups and counters live in a ``SwitchState`` that the P4Runtime server writes; the slot
 registers live here, as numpy arrays, and ``reset()`` zeroes them when a pipeline is pushed.
 
-Speed notes: header fields are read with one ``struct.unpack_from`` per header from the frame buffer, table
-entries are decoded into plain tuples once and cached until ``SwitchState.generation`` changes, lanes are added
-as one numpy operation on a big-endian view of the frame, and random numbers for the drop simulator are drawn
-in batches.
+Speed notes (docs/softswitch.md has more): the headers of an aggregation packet are read with one
+``struct.unpack_from`` from the frame buffer, table entries are decoded into plain tuples once and cached until
+``SwitchState.generation`` changes, registers and counters are accessed through memoryviews, lanes are added as
+one numpy operation on a big-endian view of the frame, and the drop simulator draws random numbers in batches.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import threading
 from typing import Final
 
 import numpy as np
-from netagg.softswitch.state import SwitchState, Table
 
 from netagg.constants import (
     AGG_UDP_PORT,
@@ -38,6 +37,8 @@ from netagg.constants import (
     MsgType,
 )
 from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, HEADER_BYTES, IPV4_HEADER_BYTES, LANE_DTYPE
+
+from .state import SwitchState, Table
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,6 @@ class Pipeline:
         with self._lock:
             self.registers.reset()
             self._generation = -1
-
-    def reseed(self, seed: int | None) -> None:
-        """Restart the drop simulator's random stream from ``seed``."""
-        self._rng = np.random.default_rng(seed)
-        self._random = []
-        self._random_next = 0
 
     def agg_source(self) -> tuple[bytes, int] | None:
         """The switch's aggregation (MAC, IPv4) from ``agg_addr``'s default action; None until it is set."""
