@@ -396,6 +396,19 @@ class SwitchConnection:
                 self._pending_deletes.append(job)
                 raise
 
+    # --- reads ----------------------------------------------------------------------------------------------
+
+    def read_table(self, name: str) -> list[P4TableEntry]:
+        """Every entry of a table as the switch holds it (for inspection and tests)."""
+        return self._call(self._read_table(name))
+
+    async def _read_table(self, name: str) -> list[P4TableEntry]:
+        switch = self._connected()
+        try:
+            return [entry async for entry in switch.read(P4TableEntry(name))]
+        except P4ClientError as ex:
+            raise translate(ex, f"read table {name}") from None
+
     # --- counters --------------------------------------------------------------------------------------------
 
     def read_counter(self, name: str, indices: Sequence[int] | None = None) -> dict[int, tuple[int, int]]:

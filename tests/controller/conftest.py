@@ -337,9 +337,10 @@ TOPOLOGY = {
 }
 
 
-def make_topology(address: str = "127.0.0.1:1", **overrides: Any) -> Topology:
+def make_topology(address: str = "127.0.0.1:1", device_id: int = 1, **overrides: Any) -> Topology:
     data = {key: (dict(value) if isinstance(value, dict) else list(value)) for key, value in TOPOLOGY.items()}
     data["switch"]["address"] = address
+    data["switch"]["device_id"] = device_id
     for key, value in overrides.items():
         data[key] = value
     return parse_topology(data)
