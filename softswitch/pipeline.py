@@ -530,21 +530,13 @@ class Pipeline:
     ) -> bytes:
         """The RESULT's aggregation header, lanes (the copy's sum) and any trailing bytes of the frame."""
         regs = self.registers
-        body = bytearray(end - AGG_OFFSET)
-        _AGG.pack_into(
-            body,
-            0,
-            (_RESULT << 4) | (b0 & 0x0F),
-            job,
-            tsi,
-            pool_index,
-            regs.v_exp[index],
-            regs.v_flags[index],
+        header = _AGG.pack(
+            (_RESULT << 4) | (b0 & 0x0F), job, tsi, pool_index, regs.v_exp[index], regs.v_flags[index]
         )
-        np.frombuffer(body, dtype=LANE_DTYPE, count=lanes, offset=HEADER_BYTES)[:] = regs.rows[index][:lanes]
+        body = header + regs.rows[index][:lanes].astype(LANE_DTYPE).tobytes()
         if n > end:
             body += frame[end:n]  # bytes past the parsed headers ride along, as on a hardware target
-        return bytes(body)
+        return body
 
     def _result_frames(
         self,
