@@ -330,6 +330,13 @@ class Transport:
                 self._on_complete(op)
             if exp == EXP_UNKNOWN:
                 self._phase[s] = Phase.NEED_WARMUP
+            elif not self._queue[s]:
+                raise RuntimeError(
+                    f"protocol error on slot {s}: the RESULT of round tsi "
+                    f"{((self._round[s] - 1) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
+                    "chunk this worker announced as unknown (do all workers use the same window and issue the "
+                    "same all-reduces?)"
+                )
             else:
                 self._phase[s] = Phase.READY
                 self._shared_exp[s] = exp

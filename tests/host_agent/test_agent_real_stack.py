@@ -82,7 +82,7 @@ def test_loss_at_the_switch_and_the_agent_gives_identical_bits(stack: Stack, los
         for got, want in zip(lossy[r], lossless[r]):
             np.testing.assert_array_equal(got, want)
     drops = lossy_stack.controller().stats()["switch"]["drops"]
-    assert drops["SIMULATED_LOSS"]["packets"] > 0
+    assert drops["simulated_loss"]["packets"] > 0
 
 
 def test_stopped_worker_fails_the_other_within_its_deadline(stack: Stack) -> None:
