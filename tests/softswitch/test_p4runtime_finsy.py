@@ -88,3 +88,37 @@ def test_finsy_switch_pushes_writes_and_reads(tmp_path: Path) -> None:
         asyncio.run(asyncio.wait_for(reconnect(), TIMEOUT_S * 3))
         assert sw.pipeline.resets == 1
         assert sw.state.tables["ingress_loss"].entries == {(1,): Action("set_loss", {"threshold": 1 << 31})}
+
+
+def test_finsy_backup_sees_the_primary_and_cannot_write(tmp_path: Path) -> None:
+    with running_server(tmp_path) as sw:
+        program = sw.program
+
+        def options(election_id: int) -> fy.SwitchOptions:
+            return fy.SwitchOptions(
+                p4info=program.p4info_path,
+                p4blob=program.bmv2_json_path,
+                device_id=DEVICE_ID,
+                initial_election_id=election_id,
+            )
+
+        async def session() -> None:
+            async with (
+                fy.Switch("primary", sw.address, options(10)) as primary,
+                fy.Switch("backup", sw.address, options(5)) as backup,
+            ):
+                assert primary.is_primary and not backup.is_primary
+                entry = fy.P4TableEntry(
+                    "arp_reply",
+                    match=fy.P4TableMatch(target_addr=0x0A000001),
+                    action=fy.P4TableAction("reply_arp", mac=0x020000000001),
+                )
+                with pytest.raises(fy.P4ClientError) as err:
+                    await backup.insert([entry])
+                assert err.value.code == fy.GRPCStatusCode.PERMISSION_DENIED
+                await primary.insert([entry])
+                # The backup reads what the primary wrote.
+                assert [e async for e in backup.read(fy.P4TableEntry("arp_reply"))] == [entry]
+
+        asyncio.run(asyncio.wait_for(session(), TIMEOUT_S * 3))
+        assert len(sw.state.tables["arp_reply"].entries) == 1
