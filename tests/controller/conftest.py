@@ -176,6 +176,7 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
         self.pipeline_pushes = 0
         self.fail_writes_with: int | None = None  # a gRPC code every update fails with, when set
         self.refuse_pipeline: str | None = None  # SetForwardingPipelineConfig fails with this message, when set
+        self.other_primary: int | None = None  # election id of another (simulated) primary controller
         if state_from is not None:  # the same switch, still running its pipeline, after a dropped connection
             self.config = state_from.config
             self.entities = dict(state_from.entities)
@@ -224,6 +225,9 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
                 reply = p4r.MasterArbitrationUpdate()
                 reply.CopyFrom(request.arbitration)
                 reply.status.code = rpc_code.OK
+                if self.other_primary is not None and request.arbitration.election_id.low < self.other_primary:
+                    reply.election_id.low = self.other_primary
+                    reply.status.code = rpc_code.ALREADY_EXISTS
                 yield p4r.StreamMessageResponse(arbitration=reply)
 
     def Capabilities(self, request: Any, context: Any) -> p4r.CapabilitiesResponse:

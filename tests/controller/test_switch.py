@@ -232,3 +232,11 @@ def test_actions_are_resolved_within_their_table(pipeline) -> None:
     (resolved,) = resolve_actions([entry], schema)
     assert resolved.action.name == "Ingress.set_loss"
     resolved.encode(schema)  # encodes without a lookup error
+
+
+def test_start_refuses_to_program_when_another_controller_is_primary(fake_switch, make_topo, pipeline) -> None:
+    fake_switch.other_primary = 100
+    conn = SwitchConnection(make_topo(fake_switch.address), *pipeline)
+    with pytest.raises(SwitchError, match="election id 10 did not make this controller primary"):
+        conn.start(timeout=5.0)
+    assert fake_switch.pipeline_pushes == 0 and fake_switch.write_count() == 0
