@@ -320,7 +320,7 @@ class Pipeline:
                     ):
                         if not self._loaded:
                             return []
-                        return self._aggregate(frame, len(frame), ingress_port, h[1:11], h[11:15], h[15:])
+                        return self._aggregate(frame, len(frame), ingress_port, h)
                 return self._process(frame, ingress_port)
         except Exception:  # a bug here must not stop the switch: log it, count it, drop the frame
             self.internal_errors += 1
@@ -350,12 +350,10 @@ class Pipeline:
                     return []
                 udp = _UDP.unpack_from(frame, _UDP_OFFSET)
                 if udp[1] == AGG_UDP_PORT:
-                    if n < _LANES_OFFSET:
-                        self._drop(_PARSER_ERROR, -1, n)
-                        return []
-                    return self._aggregate(
-                        frame, n, ingress_port, ip, udp, _AGG.unpack_from(frame, AGG_OFFSET)
-                    )
+                    # Aggregation packets with a whole header took the fast path in process(): this one is
+                    # too short for its aggregation header.
+                    self._drop(_PARSER_ERROR, -1, n)
+                    return []
         elif ethertype == ETHERTYPE_ARP:
             if n < ETH_HEADER_BYTES + _ARP_BYTES:
                 self._drop(_PARSER_ERROR, -1, n)
@@ -401,14 +399,15 @@ class Pipeline:
         frame: bytes | bytearray | memoryview,
         n: int,
         ingress_port: int,
-        ip: tuple[int, ...],
-        udp: tuple[int, ...],
-        agg: tuple[int, ...],
+        h: tuple[int, ...],
     ) -> list[Output]:
-        """Steps 1-9 of docs/protocol.md for a UDP packet to the aggregation port whose aggregation header
-        (``agg``) was parsed."""
+        """Steps 1-9 of docs/protocol.md for a UDP packet to the aggregation port.
+
+        ``h`` holds every header field up to the aggregation header: ``_ALL_HEADERS`` order (EtherType, IPv4
+        fields 1-10, UDP 11-14, aggregation header 15-20).
+        """
         # 1. Parse the lanes a defined size code announces.
-        b0, job, tsi, pool_index, exp, flags = agg
+        b0, job, tsi, pool_index, exp, flags = h[15:]
         size = b0 & 0x07
         lanes = LANES_PER_BLOCK << size if size <= _MAX_SIZE_CODE else 0
         end = _LANES_OFFSET + lanes * LANE_BYTES
@@ -429,7 +428,7 @@ class Pipeline:
             self._drop(_RESERVED_BIT, job, n)
             return []
         # 4. Who sent it (also the anti-spoofing check).
-        worker = self._workers.get((job, ip[8], udp[0])) or self._worker(job, ip[8], udp[0])
+        worker = self._workers.get((job, h[9], h[11])) or self._worker(job, h[9], h[11])
         if worker is _MISS:
             self._drop(_UNKNOWN_WORKER, job, n)
             return []
@@ -438,7 +437,7 @@ class Pipeline:
         if size != admitted_size:
             self._drop(_BAD_SIZE, job, n)
             return []
-        if udp[2] != 8 + HEADER_BYTES + lanes * LANE_BYTES:
+        if h[13] != 8 + HEADER_BYTES + lanes * LANE_BYTES:
             self._drop(_BAD_LENGTH, job, n)
             return []
         slot = pool_index & 0x7FFF
@@ -470,7 +469,7 @@ class Pipeline:
             if dst is None:
                 return []
             body = self._result_body(frame, b0, job, tsi, pool_index, index, lanes, end, n)
-            return self._result_frames(frame, ip, udp[2], body, [(worker_port, dst)], job)
+            return self._result_frames(frame, h, body, [(worker_port, dst)], job)
         packet_lanes = np.frombuffer(frame, dtype=LANE_DTYPE, count=lanes, offset=_LANES_OFFSET)
         if count == 0:
             if not fresh and tsi == v_tsi[index]:
@@ -514,7 +513,7 @@ class Pipeline:
             dst = self._result_dst(job, rid)
             if dst is not None:  # no `results` entry: nothing to address the copy to (dropped, not counted)
                 copies.append((port, dst))
-        return self._result_frames(frame, ip, udp[2], body, copies, job)
+        return self._result_frames(frame, h, body, copies, job)
 
     def _result_body(
         self,
@@ -541,8 +540,7 @@ class Pipeline:
     def _result_frames(
         self,
         frame: bytes | bytearray | memoryview,
-        ip: tuple[int, ...],
-        udp_length: int,
+        h: tuple[int, ...],
         body: bytes,
         copies: list[tuple[int, _ResultDst]],
         job: int,
@@ -553,8 +551,9 @@ class Pipeline:
         if agg is not None:
             src_mac, src_addr = agg
         else:  # agg_addr without set_agg_addr: the source fields stay as they were, as on a P4 target
-            src_mac, src_addr = bytes(frame[6:12]), ip[8]
-        ver_ihl, tos, total_length, ident, frag, ttl, proto = ip[0:7]
+            src_mac, src_addr = bytes(frame[6:12]), h[9]
+        ver_ihl, tos, total_length, ident, frag, ttl, proto = h[1:8]
+        udp_length = h[13]
         # One's-complement sum of every header word but the destination, shared by all copies.
         base = (ver_ihl << 8 | tos) + total_length + ident + frag + (ttl << 8 | proto)
         base += (src_addr >> 16) + (src_addr & 0xFFFF)
