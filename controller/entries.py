@@ -1,12 +1,12 @@
 """The P4Runtime entities the controller installs, by P4Info name (docs/protocol.md, "P4Info names").
 
-Pure functions from the topology and the jobs to finsy entities: no connection, no state. Each call returns new
-objects, because finsy marks an entity with its update type (+ insert, - delete, ~ modify) in place.
+Pure functions from the topology and the jobs to finsy entities: no connection, no state. Addresses stay in
+their text form ("10.0.0.1", "02:00:00:00:00:01"): finsy encodes them for 32- and 48-bit fields, and error
+messages that quote an entry stay readable. Each call returns new objects, because finsy marks an entity with
+its update type (+ insert, - delete, ~ modify) in place.
 """
 
 from __future__ import annotations
-
-import ipaddress
 
 from finsy import P4MulticastGroupEntry, P4TableAction, P4TableEntry, P4TableMatch
 
@@ -18,20 +18,12 @@ from .topology import Topology, loss_threshold
 Entity = P4TableEntry | P4MulticastGroupEntry
 
 
-def ipv4(addr: str) -> int:
-    return int(ipaddress.IPv4Address(addr))
-
-
-def mac(value: str) -> int:
-    return int(value.replace(":", ""), 16)
-
-
 def agg_addr_default(topo: Topology) -> P4TableEntry:
     """The keyless egress table's default action: the source of every RESULT (a MODIFY, never an INSERT)."""
     return P4TableEntry(
         "agg_addr",
         is_default_action=True,
-        action=P4TableAction("set_agg_addr", mac=mac(topo.mac), addr=ipv4(topo.addr)),
+        action=P4TableAction("set_agg_addr", mac=topo.mac, addr=topo.addr),
     )
 
 
@@ -40,15 +32,15 @@ def static_entries(topo: Topology) -> list[Entity]:
     entries: list[Entity] = [
         P4TableEntry(
             "arp_reply",
-            match=P4TableMatch(target_addr=ipv4(topo.addr)),
-            action=P4TableAction("reply_arp", mac=mac(topo.mac)),
+            match=P4TableMatch(target_addr=topo.addr),
+            action=P4TableAction("reply_arp", mac=topo.mac),
         )
     ]
     if not topo.udp_mode:  # UDP-mode hosts have no MAC; nothing is forwarded at layer 2
         entries += [
             P4TableEntry(
                 "l2_forward",
-                match=P4TableMatch(dst_addr=mac(host.mac)),
+                match=P4TableMatch(dst_addr=host.mac),
                 action=P4TableAction("forward", port=host.port),
             )
             for host in topo.hosts
@@ -73,7 +65,7 @@ def job_entries(job: Job) -> list[Entity]:
         entries.append(
             P4TableEntry(
                 "workers",
-                match=P4TableMatch(job=job.job_id, src_addr=ipv4(w.addr), src_port=w.udp_port),
+                match=P4TableMatch(job=job.job_id, src_addr=w.addr, src_port=w.udp_port),
                 action=P4TableAction(
                     "set_worker",
                     worker_id=w.rank,
@@ -91,7 +83,7 @@ def job_entries(job: Job) -> list[Entity]:
             P4TableEntry(
                 "results",
                 match=P4TableMatch(job=job.job_id, worker_id=w.rank),
-                action=P4TableAction("set_result_dst", mac=mac(w.mac), addr=ipv4(w.addr), port=w.udp_port),
+                action=P4TableAction("set_result_dst", mac=w.mac, addr=w.addr, port=w.udp_port),
             )
         )
     entries.append(
@@ -105,7 +97,7 @@ def job_entries(job: Job) -> list[Entity]:
 def job_keys(job: Job) -> list[Entity]:
     """The same entities as ``job_entries`` reduced to what a DELETE needs (keys, group ids)."""
     keys: list[Entity] = [
-        P4TableEntry("workers", match=P4TableMatch(job=job.job_id, src_addr=ipv4(w.addr), src_port=w.udp_port))
+        P4TableEntry("workers", match=P4TableMatch(job=job.job_id, src_addr=w.addr, src_port=w.udp_port))
         for w in job.workers
     ]
     keys += [P4TableEntry("results", match=P4TableMatch(job=job.job_id, worker_id=w.rank)) for w in job.workers]
