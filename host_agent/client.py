@@ -118,6 +118,11 @@ class AllReduceClient:
         all ranks agree on it. Other ``options`` go to the constructor (deadline, rto, loss, loss_seed,
         heartbeat_interval).
         """
+        if bind in ("", "0.0.0.0"):
+            raise AgentInputError(
+                "bind must be the local IPv4 address the switch sends RESULTs to, not a wildcard "
+                f"(got {bind!r}); e.g. 127.0.0.1 for the software switch's UDP mode"
+            )
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind((bind, port))

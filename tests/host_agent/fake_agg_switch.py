@@ -110,6 +110,9 @@ class FakeSwitch:
     def worker_address(self, worker_id: int) -> tuple[str, int]:
         return self._addr_of[worker_id]
 
+    def worker_addresses(self) -> dict[int, tuple[str, int]]:
+        return dict(self._addr_of)
+
     def hold(self) -> None:
         """Stop reading the socket (UPDATEs wait in its buffer) until ``release``."""
         self._running.clear()

@@ -225,6 +225,16 @@ def test_join_that_cannot_run_leaves_again() -> None:
     assert controller.left == [0]
 
 
+def test_wildcard_bind_is_refused_before_joining() -> None:
+    switch = FakeSwitch(1)
+    controller = FakeController(switch)
+    from netagg.host_agent.client import AllReduceClient
+
+    with pytest.raises(AgentInputError, match="not a wildcard"):
+        AllReduceClient.join(controller, switch.job, 1, 0, bind="0.0.0.0")
+    assert controller.left == [] and not switch.worker_addresses()
+
+
 def test_window_is_the_grant_so_all_ranks_agree() -> None:
     switch = FakeSwitch(2, slots=8)
     with job(2, switch, window=64) as (_, clients):  # asks for 64, the switch grants 8
