@@ -9,6 +9,7 @@ result against a float64 reference (``--check``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -175,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "dropped_on_purpose": stats.dropped_on_purpose,
                 "duplicate_results": stats.duplicate_results,
             }
+            # SHA-256 of the result's bytes: the sum is deterministic, so every rank (and a local reference
+            # computed with the quantizer) must produce the same bits.
+            report["digest"] = hashlib.sha256(np.ascontiguousarray(result).tobytes()).hexdigest()
             if args.check:
                 report["check"] = check_result(result, args, count, client.session.lanes)
     except (AgentError, ControllerClientError, OSError) as exc:

@@ -404,7 +404,7 @@ class Transport:
                     f"protocol error: chunk {op.first_chunk + int(rows[bad])} has exponent {int(own[bad])} above "
                     f"the shared exponent {int(shared[bad])} (do all workers issue the same all-reduces?)"
                 )
-            payload = q.quantize(staged.blocks[rows], shared, self._n)
+            payload = q.quantize(staged.blocks[rows], shared, self._n, own=(own, staged.nonfinite[rows]))
         if op.started_at is None:
             op.started_at = op.progress_at = now
         for i, s in enumerate(slots):

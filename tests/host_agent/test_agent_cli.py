@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import netagg.controller.client as controller_client
+import numpy as np
 import pytest
 from agent_harness import run_ranks
 from fake_agg_switch import FakeController, FakeSwitch
 from netagg.host_agent import cli
+from netagg.host_agent import quantize as q
 
 pytestmark = pytest.mark.loopback
 
@@ -31,6 +34,25 @@ def test_cli_all_reduces_checks_and_reports(
     for report in reports:
         assert report["check"]["ok"] and report["window"] == 16 and report["bytes"] == 40000
         assert report["goodput_MBps"] > 0 and report["dropped_on_purpose"] > 0
+        assert report["digest"] == _reference_digest(dtype, 2, 40000 // 4, switch.lanes)
+
+
+def _reference_digest(dtype: str, world_size: int, count: int, lanes: int) -> str:
+    """The exact bits the all-reduce must give: every rank's input quantized with the shared exponents, summed
+    as int32 and dequantized, computed here with the quantizer alone."""
+    inputs = [cli.rank_data(0, rank, count, dtype, world_size) for rank in range(world_size)]
+    if dtype == "int32":
+        result = np.sum(inputs, axis=0, dtype=np.int32)
+    else:
+        m = -(-count // lanes)
+        blocks = np.zeros((world_size, m * lanes), np.float32)
+        for rank, x in enumerate(inputs):
+            blocks[rank, :count] = x
+        blocks = blocks.reshape(world_size, m, lanes)
+        shared = np.max([q.block_exponents(b)[0].astype(np.int16) for b in blocks], axis=0)
+        sums = np.sum([q.quantize(b, shared, world_size) for b in blocks], axis=0, dtype=np.int32)
+        result = q.dequantize(sums, shared, world_size).reshape(-1)[:count]
+    return hashlib.sha256(np.ascontiguousarray(result).tobytes()).hexdigest()
 
 
 def test_cli_reports_a_join_failure_without_traceback(

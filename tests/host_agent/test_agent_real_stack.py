@@ -116,3 +116,4 @@ def test_cli_runs_checks_and_reports_goodput(stack: Stack) -> None:
         reports.append(json.loads(out))
     for rank, report in enumerate(reports):
         assert report["rank"] == rank and report["check"]["ok"] and report["goodput_MBps"] > 0
+    assert reports[0]["digest"] == reports[1]["digest"]
