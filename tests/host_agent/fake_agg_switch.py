@@ -73,6 +73,7 @@ class FakeSwitch:
         self.counters: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._workers: dict[tuple[str, int], int] = {}
+        self._first_copy: dict[tuple[tuple[str, int], int], bytes] = {}
         self._addr_of: dict[int, tuple[str, int]] = {}
         self._copies = [[_Copy(lanes=np.zeros(lanes, np.int32)) for _ in range(slots)] for _ in range(2)]
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -192,6 +193,9 @@ class FakeSwitch:
         except WireError:
             self.counters["parser_error"] += 1
             return
+        first = self._first_copy.setdefault((src, h.tsi), data)
+        if first != data:
+            self.counters["retransmission_differs"] += 1  # a retransmitted UPDATE must repeat the original bytes
         if h.msg_type != MsgType.UPDATE:
             self.counters["bad_msg_type"] += 1
             return
