@@ -1,4 +1,5 @@
-"""The demo run: network up, switch and controller started, one all-reduce job on every host, summary, teardown.
+"""The demo run: network up, switch and controller started, one all-reduce job on every host, summary,
+teardown.
 
 Everything started is recorded (node shells, processes by PID, interfaces) and taken down in ``finally``, on
 success, on errors and on Ctrl-C alike.
@@ -51,6 +52,7 @@ class DemoOptions:
     seed: int = 0
     target: str = "auto"
     train: bool = False
+    epochs: int = 2
     topology: Path | None = None
     timeout: float = 120.0
     ping: bool = True
@@ -63,8 +65,10 @@ def check_environment() -> None:
         raise DemoError("the demo needs root (network namespaces, veth pairs, raw sockets): run it with sudo")
     for tool in ("mnexec", "ip", "ethtool", "tc", "ifconfig"):
         if shutil.which(tool) is None:
-            raise DemoError(f"`{tool}` is not on PATH: `make install` installs the Debian packages the demo "
-                            "needs (mininet, iproute2, ethtool, net-tools)")
+            raise DemoError(
+                f"`{tool}` is not on PATH: `make install` installs the Debian packages the demo "
+                "needs (mininet, iproute2, ethtool, net-tools)"
+            )
 
 
 class Demo:
@@ -88,8 +92,10 @@ class Demo:
         opts = self.opts
         check_environment()
         if opts.train and not TRAIN_SCRIPT.exists():
-            raise DemoError("--train is not available: examples/train_ddp.py (the torch DDP example) is missing "
-                            "from this checkout")
+            raise DemoError(
+                "--train is not available: examples/train_ddp.py (the torch DDP example) is missing "
+                "from this checkout"
+            )
         switch_cls, why = choose_target(opts.target)
         self.target_name = switch_cls.target
         self.say(f"switch: {why}")
@@ -118,9 +124,11 @@ class Demo:
                 self.say("teardown problems:\n  " + "\n  ".join(problems))
                 status = status or 1
             else:
-                self.say(f"teardown: stopped {len(procs.processes)} processes, deleted "
-                         f"{2 * len(self.topo.hosts)} veth pairs, ended {1 + len(self.topo.hosts)} node shells "
-                         "(and with them their network namespaces)")
+                self.say(
+                    f"teardown: stopped {len(procs.processes)} processes, deleted "
+                    f"{2 * len(self.topo.hosts)} veth pairs, ended {1 + len(self.topo.hosts)} node shells "
+                    "(and with them their network namespaces)"
+                )
             if status == 0 and not opts.keep_logs:
                 shutil.rmtree(log_dir, ignore_errors=True)
             else:
@@ -128,28 +136,47 @@ class Demo:
             self.say(f"time: {self.times['total']:.1f} s in all")
         return status
 
-    # -- bring-up ---------------------------------------------------------------------------------------------
+    # -- bring-up --------------------------------------------------------------------------------------------
 
     def _bring_up(self, net: DemoNetwork, log_dir: Path) -> None:
         topo, opts = self.topo, self.opts
         net.build()
         shaping = f", links shaped to {opts.bw:g} Mbit/s" if opts.bw else ""
-        self.say(f"network: {len(topo.hosts)} hosts on {topo.switch_name} "
-                 f"({', '.join(f'{h.name} {h.ipv4} port {h.port}' for h in topo.hosts)}){shaping}")
+        self.say(
+            f"network: {len(topo.hosts)} hosts on {topo.switch_name} "
+            f"({', '.join(f'{h.name} {h.ipv4} port {h.port}' for h in topo.hosts)}){shaping}"
+        )
         net.start_switch()
         assert net.switch is not None and net.switch.process is not None
-        self.say(f"switch: {net.switch.target} pid {net.switch.process.pid}, ports "
-                 f"{', '.join(f'{p}@{i}' for p, i in net.switch.data_ports().items())}")
+        self.say(
+            f"switch: {net.switch.target} pid {net.switch.process.pid}, ports "
+            f"{', '.join(f'{p}@{i}' for p, i in net.switch.data_ports().items())}"
+        )
         config = log_dir / "controller.toml"
         config.write_text(controller_config(topo, opts.loss))
-        controller = net.procs.start(net.switch, "controller", [
-            entry_point("netagg-controller"), "run", "--config", str(config), "--api-addr", f"0.0.0.0:{API_PORT}",
-        ])
-        wait_for("the controller to push the pipeline and open its job API",
-                 lambda: API_PORT in listening_tcp_ports(controller.pid), CONTROLLER_START_S, controller)
+        controller = net.procs.start(
+            net.switch,
+            "controller",
+            [
+                entry_point("netagg-controller"),
+                "run",
+                "--config",
+                str(config),
+                "--api-addr",
+                f"0.0.0.0:{API_PORT}",
+            ],
+        )
+        wait_for(
+            "the controller to push the pipeline and open its job API",
+            lambda: API_PORT in listening_tcp_ports(controller.pid),
+            CONTROLLER_START_S,
+            controller,
+        )
         loss = f", simulated loss {opts.loss:g} per port and direction" if opts.loss else ""
-        self.say(f"controller: pid {controller.pid}, job API on port {API_PORT} of every host's management "
-                 f"link{loss}")
+        self.say(
+            f"controller: pid {controller.pid}, job API on port {API_PORT} of every host's management "
+            f"link{loss}"
+        )
         if opts.ping:
             self._ping(net)
 
@@ -160,22 +187,44 @@ class Demo:
             self.say("connectivity: not checked (`ping` is not installed: Debian package iputils-ping)")
             return
         for spec in self.topo.hosts[1:]:
-            done = run_in(net.hosts[spec.name], ["ping", "-c", "1", "-W", str(int(PING_TIMEOUT_S)), first.ipv4],
-                          PING_TIMEOUT_S + 5)
+            done = run_in(
+                net.hosts[spec.name],
+                ["ping", "-c", "1", "-W", str(int(PING_TIMEOUT_S)), first.ipv4],
+                PING_TIMEOUT_S + 5,
+            )
             if done.returncode != 0:
-                raise DemoError(f"{spec.name} cannot ping {first.name} ({first.ipv4}) through the switch: "
-                                f"{done.stdout.strip().splitlines()[-1:] or done.stderr.strip()}")
+                raise DemoError(
+                    f"{spec.name} cannot ping {first.name} ({first.ipv4}) through the switch: "
+                    f"{done.stdout.strip().splitlines()[-1:] or done.stderr.strip()}"
+                )
         self.say(f"connectivity: {len(self.topo.hosts) - 1} hosts ping {first.name} through the switch")
 
-    # -- the all-reduce job -----------------------------------------------------------------------------------
+    # -- the all-reduce job ----------------------------------------------------------------------------------
 
     def _agent_argv(self, rank: int) -> list[str]:
         opts, spec = self.opts, self.topo.hosts[rank]
         argv = [
-            entry_point("netagg-agent"), "--controller", f"{spec.mgmt_gateway}:{API_PORT}", "--job", JOB_NAME,
-            "--world-size", str(len(self.topo.hosts)), "--rank", str(rank), "--size", str(opts.size),
-            "--lanes", str(opts.lanes), "--bind", spec.ipv4, "--seed", str(opts.seed),
-            "--iterations", str(opts.iterations), "--check", "--json",
+            entry_point("netagg-agent"),
+            "--controller",
+            f"{spec.mgmt_gateway}:{API_PORT}",
+            "--job",
+            JOB_NAME,
+            "--world-size",
+            str(len(self.topo.hosts)),
+            "--rank",
+            str(rank),
+            "--size",
+            str(opts.size),
+            "--lanes",
+            str(opts.lanes),
+            "--bind",
+            spec.ipv4,
+            "--seed",
+            str(opts.seed),
+            "--iterations",
+            str(opts.iterations),
+            "--check",
+            "--json",
         ]
         if opts.window is not None:
             argv += ["--window", str(opts.window)]
@@ -183,21 +232,37 @@ class Demo:
 
     def _start_poller(self, net: DemoNetwork) -> Managed:
         assert net.switch is not None
-        return net.procs.start(net.switch, "stats", [
-            sys.executable, "-m", "examples.mininet.stats_poller", "--api-addr", f"127.0.0.1:{API_PORT}",
-            "--interval", str(POLL_INTERVAL_S),
-        ], cwd=REPO_ROOT)
+        return net.procs.start(
+            net.switch,
+            "stats",
+            [
+                sys.executable,
+                "-m",
+                "examples.mininet.stats_poller",
+                "--api-addr",
+                f"127.0.0.1:{API_PORT}",
+                "--interval",
+                str(POLL_INTERVAL_S),
+            ],
+            cwd=REPO_ROOT,
+        )
 
     def _allreduce(self, net: DemoNetwork) -> int:
         opts, topo = self.opts, self.topo
         count = opts.size // 4
-        chunks = -(-count // opts.lanes) * (opts.iterations + 1)  # one untimed all-reduce, then the timed ones
-        self.say(f"job: {len(topo.hosts)} ranks all-reduce {opts.size} bytes of seeded float32 data "
-                 f"({opts.iterations} timed + 1 checked), {opts.lanes} lanes per packet")
+        chunks = -(-count // opts.lanes) * (
+            opts.iterations + 1
+        )  # one untimed all-reduce, then the timed ones
+        self.say(
+            f"job: {len(topo.hosts)} ranks all-reduce {opts.size} bytes of seeded float32 data "
+            f"({opts.iterations} timed + 1 checked), {opts.lanes} lanes per packet"
+        )
         poller = self._start_poller(net)
         hosts = [HostState(spec.name) for spec in topo.hosts]
-        agents = [net.procs.start(net.hosts[spec.name], f"agent-{spec.name}", self._agent_argv(rank))
-                  for rank, spec in enumerate(topo.hosts)]
+        agents = [
+            net.procs.start(net.hosts[spec.name], f"agent-{spec.name}", self._agent_argv(rank))
+            for rank, spec in enumerate(topo.hosts)
+        ]
         progress = ProgressLine(chunks, self.out)
         started = time.monotonic()
         deadline = started + opts.timeout
@@ -215,8 +280,10 @@ class Demo:
                 if finished:
                     break
                 if now > deadline:
-                    raise DemoError(f"the job did not finish within --timeout {opts.timeout:g} s; agents' logs "
-                                    f"are in {net.procs.log_dir}")
+                    raise DemoError(
+                        f"the job did not finish within --timeout {opts.timeout:g} s; agents' logs "
+                        f"are in {net.procs.log_dir}"
+                    )
                 time.sleep(POLL_INTERVAL_S / 2)
         finally:
             progress.finish()
@@ -245,10 +312,13 @@ class Demo:
                 self.job = JobCounters.from_stats(stats["jobs"][JOB_NAME])
 
     def _final_switch_stats(self, net: DemoNetwork) -> None:
-        """The switch-wide drop counters, from ``netagg-controller stats --json`` run in the switch's namespace."""
+        """Switch-wide drop counters: ``netagg-controller stats --json`` in the switch's namespace."""
         assert net.switch is not None
-        done = run_in(net.switch, [entry_point("netagg-controller"), "stats", "--json", "--api-addr",
-                                   f"127.0.0.1:{API_PORT}"], 30)
+        done = run_in(
+            net.switch,
+            [entry_point("netagg-controller"), "stats", "--json", "--api-addr", f"127.0.0.1:{API_PORT}"],
+            30,
+        )
         if done.returncode != 0:
             self.say(f"warning: netagg-controller stats failed: {done.stderr.strip()}")
             return
@@ -261,8 +331,10 @@ class Demo:
         opts = self.opts
         references: dict[int, str] = {}
         verdicts: list[str] = []
-        self.say(f"summary: {self.target_name} switch, {len(hosts)} ranks, {opts.size} bytes each, "
-                 f"loss {opts.loss:g}, bandwidth {f'{opts.bw:g} Mbit/s' if opts.bw else 'unshaped'}")
+        self.say(
+            f"summary: {self.target_name} switch, {len(hosts)} ranks, {opts.size} bytes each, "
+            f"loss {opts.loss:g}, bandwidth {f'{opts.bw:g} Mbit/s' if opts.bw else 'unshaped'}"
+        )
         self.say(f"  {'host':<6}{'goodput MB/s':>13}{'mean ms':>10}{'retransmits':>13}  result")
         for h in hosts:
             if h.report is None:
@@ -272,30 +344,39 @@ class Demo:
             r = h.report
             kind, text = self._verdict(r, int(r.get("lanes", opts.lanes)), references, len(hosts))
             verdicts.append(kind)
-            self.say(f"  {h.name:<6}{r['goodput_MBps']:>13.2f}{r['mean_seconds'] * 1e3:>10.2f}"
-                     f"{r['retransmissions']:>13}  {text}")
+            self.say(
+                f"  {h.name:<6}{r['goodput_MBps']:>13.2f}{r['mean_seconds'] * 1e3:>10.2f}"
+                f"{r['retransmissions']:>13}  {text}"
+            )
         if self.job is None:
             self.say(f"switch counters (job {JOB_NAME}): not captured (the job ended before the first poll)")
         else:
             j = self.job
             drops = ", ".join(f"{k} {v}" for k, v in j.drops.items()) or "none"
-            self.say(f"switch counters (job {JOB_NAME}): {j.aggregated} updates aggregated, {j.completed} chunks "
-                     f"summed and multicast, {j.retransmit_answered} retransmissions answered; drops: {drops}")
+            self.say(
+                f"switch counters (job {JOB_NAME}): {j.aggregated} updates aggregated, {j.completed} chunks "
+                f"summed and multicast, {j.retransmit_answered} retransmissions answered; drops: {drops}"
+            )
         switch_drops = ", ".join(f"{k} {v}" for k, v in self.switch_drops.items()) or "none"
         self.say(f"switch drops (all traffic): {switch_drops}")
-        self.say(f"time: set-up {self.times.get('setup', 0):.1f} s, job {self.times.get('allreduce', 0):.1f} s")
+        self.say(
+            f"time: set-up {self.times.get('setup', 0):.1f} s, job {self.times.get('allreduce', 0):.1f} s"
+        )
         if all(v == "exact" for v in verdicts):
             self.say("result: every host got the reference result, bit for bit")
         elif all(v in ("exact", "bound") for v in verdicts):
-            self.say("result: every host's result is within the quantizer's error bound of the exact sum "
-                     "(not compared bit for bit: the agent does not report a digest of its result)")
+            self.say(
+                "result: every host's result is within the quantizer's error bound of the exact sum "
+                "(not compared bit for bit: the agent does not report a digest of its result)"
+            )
         else:
             self.say("result: FAILED (see above)")
             return 1
         return 0
 
-    def _verdict(self, report: dict[str, Any], lanes: int, references: dict[int, str],
-                 world: int) -> tuple[str, str]:
+    def _verdict(
+        self, report: dict[str, Any], lanes: int, references: dict[int, str], world: int
+    ) -> tuple[str, str]:
         """("exact" | "bound" | "failed", text): the host's result against the locally computed reference.
 
         Bit-exact when the agent reports the SHA-256 of its result (``digest``); otherwise the agent's own
@@ -306,7 +387,10 @@ class Demo:
                 references[lanes] = digest(reference_result(self.opts.seed, world, self.opts.size, lanes))
             if report["digest"] == references[lanes]:
                 return "exact", f"bit-exact (sha256 {report['digest'][:12]}...)"
-            return "failed", f"MISMATCH: sha256 {report['digest'][:12]}... != reference {references[lanes][:12]}..."
+            return (
+                "failed",
+                f"MISMATCH: sha256 {report['digest'][:12]}... != reference {references[lanes][:12]}...",
+            )
         check = report.get("check")
         if check is None:
             return "failed", "not checked (the agent reported neither a digest nor a check)"
@@ -314,29 +398,58 @@ class Demo:
             return "failed", f"OUTSIDE the quantizer's error bound (max error {check['max_error']:.3g})"
         return "bound", f"within the error bound (max error {check['max_error']:.3g})"
 
-    # -- --train ------------------------------------------------------------------------------------------------
+    # -- --train ---------------------------------------------------------------------------------------------
 
     def _train(self, net: DemoNetwork) -> int:
         topo, opts = self.topo, self.opts
         first = topo.hosts[0]
-        self.say(f"train: examples/train_ddp.py on {len(topo.hosts)} hosts, DDP over netagg "
-                 f"(rendezvous on {first.name} {first.ipv4}:{TRAIN_MASTER_PORT})")
+        self.say(
+            f"train: examples/train_ddp.py on {len(topo.hosts)} hosts, DDP over netagg "
+            f"(rendezvous on {first.name} {first.ipv4}:{TRAIN_MASTER_PORT})"
+        )
         hosts = [HostState(spec.name) for spec in topo.hosts]
         poller = self._start_poller(net)
         runs = []
         for rank, spec in enumerate(topo.hosts):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(len(topo.hosts)),
-                       MASTER_ADDR=first.ipv4, MASTER_PORT=str(TRAIN_MASTER_PORT),
-                       NETAGG_CONTROLLER=f"{spec.mgmt_gateway}:{API_PORT}", NETAGG_BIND=spec.ipv4)
-            runs.append(net.procs.start(net.hosts[spec.name], f"train-{spec.name}",
-                                        [sys.executable, str(TRAIN_SCRIPT), "--backend", "netagg",
-                                         "--seed", str(opts.seed)], env=env, cwd=REPO_ROOT))
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                LOCAL_RANK="0",
+                WORLD_SIZE=str(len(topo.hosts)),
+                MASTER_ADDR=first.ipv4,
+                MASTER_PORT=str(TRAIN_MASTER_PORT),
+                NETAGG_CONTROLLER=f"{spec.mgmt_gateway}:{API_PORT}",
+                NETAGG_BIND=spec.ipv4,
+                # Gloo (the backend's fallback for non-sum collectives) would pick the address the host name
+                # resolves to, 127.0.0.1 in every namespace; the data interface is the one the ranks share.
+                GLOO_SOCKET_IFNAME=spec.data_intf,
+                OMP_NUM_THREADS="1",  # the hosts share the machine's cores
+            )
+            runs.append(
+                net.procs.start(
+                    net.hosts[spec.name],
+                    f"train-{spec.name}",
+                    [
+                        sys.executable,
+                        str(TRAIN_SCRIPT),
+                        "--backend",
+                        "netagg",
+                        "--seed",
+                        str(opts.seed),
+                        "--epochs",
+                        str(opts.epochs),
+                    ],
+                    env=env,
+                    cwd=REPO_ROOT,
+                )
+            )
         started = time.monotonic()
-        deadline = started + max(opts.timeout, 600.0)
+        deadline = started + opts.timeout
         progress = ProgressLine(1, self.out)
         shown = 0
         try:
-            while not all(h.state in ("done", "failed") for h in hosts):
+            # One failed rank leaves the others waiting in a collective: stop at the first failure.
+            while not all(h.state == "done" for h in hosts) and not any(h.state == "failed" for h in hosts):
                 if time.monotonic() > deadline:
                     raise DemoError(f"training did not finish in time; logs in {net.procs.log_dir}")
                 self._read_stats(poller)

@@ -49,8 +49,9 @@ class DemoNetwork:
         """Create the nodes and links and configure addresses, offloads and shaping (not the target yet)."""
         topo = self.topo
         with deferred_interrupts():
-            self.switch = self.switch_cls(topo.switch_name, procs=self.procs, device_id=topo.device_id,
-                                          seed=self.seed)
+            self.switch = self.switch_cls(
+                topo.switch_name, procs=self.procs, device_id=topo.device_id, seed=self.seed
+            )
             self._nodes.append(self.switch)
         self._quiet_namespace(self.switch)
         for index, spec in enumerate(topo.hosts):
@@ -60,17 +61,31 @@ class DemoNetwork:
             self.hosts[spec.name] = host
             self._quiet_namespace(host)
             with deferred_interrupts():
-                Link(host, self.switch, port1=0, port2=spec.port, intfName1=spec.data_intf,
-                     intfName2=topo.switch_intf(spec.port),
-                     addr1=spec.mac, addr2=_switch_port_mac(spec.port),
-                     params1={"ip": f"{spec.ipv4}/{topo.prefix_len}"})
+                Link(
+                    host,
+                    self.switch,
+                    port1=0,
+                    port2=spec.port,
+                    intfName1=spec.data_intf,
+                    intfName2=topo.switch_intf(spec.port),
+                    addr1=spec.mac,
+                    addr2=_switch_port_mac(spec.port),
+                    params1={"ip": f"{spec.ipv4}/{topo.prefix_len}"},
+                )
                 self._veths.append((host, spec.data_intf))
             with deferred_interrupts():
-                # Management ports are numbered far above the data ports; only Mininet's bookkeeping sees them.
-                Link(host, self.switch, port1=1, port2=1000 + index, intfName1=spec.mgmt_intf,
-                     intfName2=topo.switch_mgmt_intf(index),
-                     params1={"ip": f"{spec.mgmt_ipv4}/{topo.mgmt_prefix_len}"},
-                     params2={"ip": f"{spec.mgmt_gateway}/{topo.mgmt_prefix_len}"})
+                # Management ports are numbered far above the data ports; only Mininet's bookkeeping
+                # sees them.
+                Link(
+                    host,
+                    self.switch,
+                    port1=1,
+                    port2=1000 + index,
+                    intfName1=spec.mgmt_intf,
+                    intfName2=topo.switch_mgmt_intf(index),
+                    params1={"ip": f"{spec.mgmt_ipv4}/{topo.mgmt_prefix_len}"},
+                    params2={"ip": f"{spec.mgmt_gateway}/{topo.mgmt_prefix_len}"},
+                )
                 self._veths.append((host, spec.mgmt_intf))
             # Frames cross a user-space switch: the sender must fill in its UDP checksums itself.
             self._run(host, f"ethtool -K {spec.data_intf} tx off tso off gso off")
@@ -93,8 +108,9 @@ class DemoNetwork:
         rate_bytes = self.bw_mbit * 1e6 / 8
         # The bucket must hold at least one timer tick's worth of bytes, and a few full frames.
         burst = max(16 * 1514, int(rate_bytes / 250))
-        self._run(node, f"tc qdisc replace dev {intf} root tbf rate {self.bw_mbit}mbit burst {burst} "
-                        f"latency 50ms")
+        self._run(
+            node, f"tc qdisc replace dev {intf} root tbf rate {self.bw_mbit}mbit burst {burst} latency 50ms"
+        )
 
     @staticmethod
     def _run(node: Node, command: str) -> str:
@@ -130,8 +146,13 @@ def _delete_intf(node: Node, intf: str) -> list[str]:
     if node.shell is None or node.shell.poll() is not None:
         return []  # the shell, and with it the namespace and the pair, is already gone
     try:
-        done = subprocess.run(["mnexec", "-a", str(node.pid), "ip", "link", "del", intf], capture_output=True,
-                              text=True, timeout=_COMMAND_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            ["mnexec", "-a", str(node.pid), "ip", "link", "del", intf],
+            capture_output=True,
+            text=True,
+            timeout=_COMMAND_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return [f"deleting {intf} in {node.name} timed out"]
     if done.returncode != 0 and "Cannot find device" not in done.stderr:
@@ -171,7 +192,12 @@ def _end_shell(node: Node) -> list[str]:
 def run_in(node: Node, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a short command in ``node``'s namespace with a deadline (not through its shell)."""
     try:
-        return subprocess.run(["mnexec", "-a", str(node.pid), *argv], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            ["mnexec", "-a", str(node.pid), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         raise NetworkError(f"{node.name}: `{' '.join(argv)}` did not finish within {timeout:.0f} s") from exc

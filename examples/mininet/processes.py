@@ -1,9 +1,9 @@
 """Processes the demo starts inside Mininet nodes, each tracked by PID and stopped by PID.
 
 A process is started through ``mnexec -da <node shell pid>`` (Mininet's ``Node.popen``): it joins the node's
-network namespace and becomes the leader of a new session, so a terminal's Ctrl-C reaches the demo alone and the
-demo decides the order things stop in. Stopping sends SIGTERM to that process group, waits with a deadline, then
-sends SIGKILL. Nothing is ever looked up or killed by name.
+network namespace and becomes the leader of a new session, so a terminal's Ctrl-C reaches the demo alone and
+the demo decides the order things stop in. Stopping sends SIGTERM to that process group, waits with a
+deadline, then sends SIGKILL. Nothing is ever looked up or killed by name.
 """
 
 from __future__ import annotations
@@ -76,16 +76,29 @@ class ProcessSet:
     def processes(self) -> list[Managed]:
         return list(self._procs)
 
-    def start(self, node: NodeLike, role: str, argv: list[str], *, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Managed:
+    def start(
+        self,
+        node: NodeLike,
+        role: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Managed:
         """Start ``argv`` inside ``node``'s namespace; stdout and stderr go to ``<log_dir>/<role>.log``."""
         log_path = self.log_dir / f"{role}.log"
         # An interrupt between the fork and the bookkeeping would leave a process nobody stops.
         with deferred_interrupts():
             log = log_path.open("wb")
             try:
-                popen = node.popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env if env is not None else os.environ.copy(), cwd=cwd)
+                popen = node.popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env if env is not None else os.environ.copy(),
+                    cwd=cwd,
+                )
             except BaseException:
                 log.close()
                 raise
@@ -128,14 +141,17 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def wait_for(what: str, ready: Callable[[], bool], timeout: float, proc: Managed | None = None,
-             interval: float = 0.05) -> None:
+def wait_for(
+    what: str, ready: Callable[[], bool], timeout: float, proc: Managed | None = None, interval: float = 0.05
+) -> None:
     """Poll ``ready`` until true; raise ProcessError after ``timeout`` s or if ``proc`` exits meanwhile."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc is not None and not proc.alive():
-            raise ProcessError(f"{proc.role} (pid {proc.pid}) exited with status {proc.popen.returncode} "
-                               f"while waiting for {what}; its log {proc.log_path}:\n{proc.log_tail()}")
+            raise ProcessError(
+                f"{proc.role} (pid {proc.pid}) exited with status {proc.popen.returncode} "
+                f"while waiting for {what}; its log {proc.log_path}:\n{proc.log_tail()}"
+            )
         if time.monotonic() > deadline:
             tail = f"; its log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
             raise ProcessError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
@@ -155,4 +171,3 @@ def listening_tcp_ports(pid: int) -> set[int]:
             if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
-

@@ -1,9 +1,9 @@
 """The result every host must get, computed locally from the same seeded inputs the agents generate.
 
-The switch sums int32 lanes exactly, so the all-reduce of float32 data is deterministic: every worker quantizes
-each block with the shared exponent (the maximum over workers of the block's exponent), the switch adds the
-lanes, and the sum is dequantized with the same exponent. Doing the same with ``netagg.host_agent.quantize`` on
-the inputs of all ranks gives the bit pattern each host's result must have.
+The switch sums int32 lanes exactly, so the all-reduce of float32 data is deterministic: every worker
+quantizes each block with the shared exponent (the maximum over workers of the block's exponent), the switch
+adds the lanes, and the sum is dequantized with the same exponent. Doing the same with
+``netagg.host_agent.quantize`` on the inputs of all ranks gives the bit pattern each host's result must have.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from netagg.host_agent import quantize as q
 from netagg.host_agent.cli import rank_data
 
 
-def reference_result(seed: int, world_size: int, size_bytes: int, lanes: int, dtype: str = "float32") -> np.ndarray:
+def reference_result(
+    seed: int, world_size: int, size_bytes: int, lanes: int, dtype: str = "float32"
+) -> np.ndarray:
     """The all-reduce result of ``world_size`` ranks of ``netagg-agent --seed seed --size size_bytes``."""
     count = size_bytes // 4
     inputs = [rank_data(seed, rank, count, dtype, world_size) for rank in range(world_size)]

@@ -30,8 +30,10 @@ def entry_point(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise ProcessError(f"{name} not found next to {sys.executable} nor on PATH: install the project "
-                           "(`make install`) and run the demo with its virtualenv's python")
+        raise ProcessError(
+            f"{name} not found next to {sys.executable} nor on PATH: install the project "
+            "(`make install`) and run the demo with its virtualenv's python"
+        )
     return found
 
 
@@ -41,8 +43,9 @@ class TargetSwitch(Switch):
     #: Name the demo prints and logs under.
     target = "target"
 
-    def __init__(self, name: str, *, procs: ProcessSet, device_id: int = 1, seed: int | None = None,
-                 **params: Any) -> None:
+    def __init__(
+        self, name: str, *, procs: ProcessSet, device_id: int = 1, seed: int | None = None, **params: Any
+    ) -> None:
         params["inNamespace"] = True
         super().__init__(name, **params)
         self.procs = procs
@@ -72,8 +75,12 @@ class TargetSwitch(Switch):
             self.cmd(f"ethtool -K {intf} tx off tso off gso off gro off")
         self.process = self.procs.start(self, self.target, self.command())
         process = self.process
-        wait_for(f"{self.target} to listen for P4Runtime on port {GRPC_PORT}",
-                 lambda: GRPC_PORT in listening_tcp_ports(process.pid), START_TIMEOUT_S, process)
+        wait_for(
+            f"{self.target} to listen for P4Runtime on port {GRPC_PORT}",
+            lambda: GRPC_PORT in listening_tcp_ports(process.pid),
+            START_TIMEOUT_S,
+            process,
+        )
 
     def stop(self, deleteIntfs: bool = False) -> None:  # Mininet names the argument
         """Stop the target process by PID (the demo's network teardown deletes the interfaces)."""
@@ -87,8 +94,16 @@ class SoftSwitchTarget(TargetSwitch):
     target = "softswitch"
 
     def command(self) -> list[str]:
-        argv = [entry_point("netagg-softswitch"), *self.port_args(), "--device-id", str(self.device_id),
-                "--grpc-server-addr", f"127.0.0.1:{GRPC_PORT}", "--log-level", "warning"]
+        argv = [
+            entry_point("netagg-softswitch"),
+            *self.port_args(),
+            "--device-id",
+            str(self.device_id),
+            "--grpc-server-addr",
+            f"127.0.0.1:{GRPC_PORT}",
+            "--log-level",
+            "warning",
+        ]
         if self.seed is not None:
             argv += ["--seed", str(self.seed)]
         return argv
@@ -104,8 +119,16 @@ class Bmv2Target(TargetSwitch):
         if binary is None:
             raise ProcessError(f"{BMV2_BINARY} is not on PATH")
         # --no-p4: the controller pushes the compiled program with SetForwardingPipelineConfig.
-        return [binary, "--device-id", str(self.device_id), *self.port_args(), "--no-p4",
-                "--", "--grpc-server-addr", f"127.0.0.1:{GRPC_PORT}"]
+        return [
+            binary,
+            "--device-id",
+            str(self.device_id),
+            *self.port_args(),
+            "--no-p4",
+            "--",
+            "--grpc-server-addr",
+            f"127.0.0.1:{GRPC_PORT}",
+        ]
 
 
 TARGETS: dict[str, type[TargetSwitch]] = {"bmv2": Bmv2Target, "softswitch": SoftSwitchTarget}
@@ -119,6 +142,8 @@ def choose_target(requested: str) -> tuple[type[TargetSwitch], str]:
             return Bmv2Target, f"BMv2 ({BMV2_BINARY} found on PATH)"
         return SoftSwitchTarget, f"the softswitch ({BMV2_BINARY} is not on PATH)"
     if requested == "bmv2" and not have_bmv2:
-        raise ProcessError(f"--target bmv2: {BMV2_BINARY} is not on PATH (add BMv2's bin directory to PATH, "
-                           "or use --target softswitch)")
+        raise ProcessError(
+            f"--target bmv2: {BMV2_BINARY} is not on PATH (add BMv2's bin directory to PATH, "
+            "or use --target softswitch)"
+        )
     return TARGETS[requested], f"{'BMv2' if requested == 'bmv2' else 'the softswitch'} (--target {requested})"

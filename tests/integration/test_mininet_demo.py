@@ -2,9 +2,9 @@
 
 The demo runs as a subprocess (``python -m examples.mininet``) from the repository root. The interrupt tests
 record, just before sending SIGINT, every process descended from the demo and the network namespaces those
-processes are in; afterwards none of those processes may be alive and no process on the machine may still be in
-one of those namespaces (a namespace lives as long as a process or a bind mount holds it), no named namespace
-may hold one, and no interface with the demo's names may have appeared here.
+processes are in; afterwards none of those processes may be alive and no process on the machine may still be
+in one of those namespaces (a namespace lives as long as a process or a bind mount holds it), no named
+namespace may hold one, and no interface with the demo's names may have appeared here.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = REPO_ROOT / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
 #: Interface names the demo gives (they live in the nodes' namespaces; none may show up in ours).
 #: The summary's last word on the results (bit-exact when the agent reports a digest, else the error bound).
-RESULT_OK = re.compile(r"^result: every host(?: got the reference result, bit for bit|'s result is within)",
-                       re.MULTILINE)
+RESULT_OK = re.compile(
+    r"^result: every host(?: got the reference result, bit for bit|'s result is within)", re.MULTILINE
+)
 DEMO_INTF = re.compile(r"^(h\d+-eth0|h\d+-mgmt|s1-eth\d+|s1-m\d+)(@.*)?$")
 
 
@@ -39,33 +40,61 @@ def _requirements() -> str | None:
     except ImportError:
         return "Mininet's Python package is not importable (see docs/demo.md, 'Installing')"
     missing = [t for t in ("mnexec", "ifconfig", "tc", "ethtool") if shutil.which(t) is None]
-    return f"needs {', '.join(missing)} (Debian packages mininet, net-tools, iproute2, ethtool)" if missing else None
+    return (
+        f"needs {', '.join(missing)} (Debian packages mininet, net-tools, iproute2, ethtool)"
+        if missing
+        else None
+    )
 
 
 _MISSING = _requirements()
 needs_mininet = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 needs_program = pytest.mark.skipif(
-    not PROGRAM.exists(), reason="the compiled P4 program (p4/v1model/build/) is not in this checkout: the "
-    "softswitch accepts only that P4Info"
+    not PROGRAM.exists(),
+    reason="the compiled P4 program (p4/v1model/build/) is not in this checkout: the "
+    "softswitch accepts only that P4Info",
 )
 
 
-def demo_argv(*options: str) -> list[str]:
-    return [sys.executable, "-m", "examples.mininet", "--target", "softswitch", *options]
+def _targets() -> list[object]:
+    """Targets named by NETAGG_TARGET (softswitch | bmv2 | all | comma list; default all), as the conformance
+    suite reads it; bmv2 runs are skipped where simple_switch_grpc is not on PATH."""
+    wanted = os.environ.get("NETAGG_TARGET", "all").strip()
+    names = ["softswitch", "bmv2"] if wanted in ("", "all") else [t.strip() for t in wanted.split(",")]
+    unknown = set(names) - {"softswitch", "bmv2"}
+    if unknown:
+        raise ValueError(f"NETAGG_TARGET names unknown targets {sorted(unknown)}")
+    return [pytest.param(n, id=n, marks=[pytest.mark.bmv2] if n == "bmv2" else []) for n in names]
 
 
-def run_demo(*options: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(demo_argv(*options), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+TARGETS = _targets()
+
+
+def demo_argv(target: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "examples.mininet", "--target", target, *options]
+
+
+def run_demo(target: str, *options: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        demo_argv(target, *options),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @needs_mininet
 @needs_program
-def test_demo_three_hosts_on_the_softswitch_get_the_reference_result() -> None:
-    done = run_demo("--hosts", "3", "--size", "200000", "--lanes", "64", "--iterations", "1", "--timeout", "60")
+@pytest.mark.parametrize("target", TARGETS)
+def test_demo_three_hosts_get_the_reference_result(target: str) -> None:
+    done = run_demo(
+        target, "--hosts", "3", "--size", "200000", "--lanes", "64", "--iterations", "1", "--timeout", "60"
+    )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    assert "switch: the softswitch (--target softswitch)" in out
+    assert f"(--target {target})" in out and f"switch: {target} pid" in out
     assert "connectivity: 2 hosts ping h1 through the switch" in out
     for host in ("h1", "h2", "h3"):
         assert re.search(rf"^  {host}\s+[\d.]+\s+[\d.]+\s+\d+\s+(bit-exact|within)", out, re.MULTILINE), out
@@ -75,9 +104,23 @@ def test_demo_three_hosts_on_the_softswitch_get_the_reference_result() -> None:
 
 @needs_mininet
 @needs_program
-def test_demo_with_loss_and_shaping_recovers() -> None:
-    done = run_demo("--hosts", "2", "--size", "65536", "--loss", "0.02", "--bw", "50", "--iterations", "1",
-                    "--timeout", "90")
+@pytest.mark.parametrize("target", TARGETS)
+def test_demo_with_loss_and_shaping_recovers(target: str) -> None:
+    done = run_demo(
+        target,
+        "--hosts",
+        "2",
+        "--size",
+        "65536",
+        "--loss",
+        "0.02",
+        "--bw",
+        "50",
+        "--iterations",
+        "1",
+        "--timeout",
+        "90",
+    )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "links shaped to 50 Mbit/s" in out and "simulated loss 0.02" in out
@@ -89,13 +132,19 @@ def test_demo_with_loss_and_shaping_recovers() -> None:
 def test_demo_refuses_bmv2_when_it_is_absent_and_says_so() -> None:
     if shutil.which("simple_switch_grpc"):
         pytest.skip("simple_switch_grpc is on PATH")
-    done = subprocess.run([sys.executable, "-m", "examples.mininet", "--target", "bmv2"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.mininet", "--target", "bmv2"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "simple_switch_grpc is not on PATH" in done.stderr
 
 
-# -- interrupted half-way --------------------------------------------------------------------------------------
+# -- interrupted half-way ------------------------------------------------------------------------------------
 
 
 def _root_links() -> set[str]:
@@ -148,7 +197,11 @@ def _netns_inode(pid: int) -> int | None:
 
 
 def _processes_in(namespaces: set[int]) -> list[int]:
-    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _netns_inode(int(e.name)) in namespaces]
+    return [
+        int(e.name)
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and _netns_inode(int(e.name)) in namespaces
+    ]
 
 
 def _lines(proc: subprocess.Popen[str], deadline: float) -> Iterator[str]:
@@ -165,13 +218,19 @@ def _lines(proc: subprocess.Popen[str], deadline: float) -> Iterator[str]:
             yield line
 
 
-def interrupt_when(marker: re.Pattern[str], *options: str) -> None:
+def interrupt_when(marker: re.Pattern[str], target: str, *options: str) -> None:
     """Start the demo, send SIGINT when a line matches ``marker``, and check that nothing of it is left."""
     links_before = _root_links()
     named_before = _named_netns_inodes()
     own_ns = _netns_inode(os.getpid())
-    proc = subprocess.Popen(demo_argv(*options), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        demo_argv(target, *options),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     seen: list[str] = []
     try:
         for line in _lines(proc, time.monotonic() + 90):
@@ -201,13 +260,27 @@ def interrupt_when(marker: re.Pattern[str], *options: str) -> None:
 
 
 @needs_mininet
-def test_interrupt_after_the_switch_started_leaves_nothing_behind() -> None:
-    interrupt_when(re.compile(r"^switch: softswitch pid \d+"), "--hosts", "3")
+@pytest.mark.parametrize("target", TARGETS)
+def test_interrupt_after_the_switch_started_leaves_nothing_behind(target: str) -> None:
+    interrupt_when(re.compile(rf"^switch: {target} pid \d+"), target, "--hosts", "3")
 
 
 @needs_mininet
 @needs_program
-def test_interrupt_during_the_job_leaves_nothing_behind() -> None:
+@pytest.mark.parametrize("target", TARGETS)
+def test_interrupt_during_the_job_leaves_nothing_behind(target: str) -> None:
     # Shaped links make the job take long enough to be caught running.
-    interrupt_when(re.compile(r"^progress: .*% \("), "--hosts", "3", "--size", "4000000", "--bw", "5",
-                   "--iterations", "2", "--timeout", "120")
+    interrupt_when(
+        re.compile(r"^progress: .*% \("),
+        target,
+        "--hosts",
+        "3",
+        "--size",
+        "4000000",
+        "--bw",
+        "5",
+        "--iterations",
+        "2",
+        "--timeout",
+        "120",
+    )

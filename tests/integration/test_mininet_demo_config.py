@@ -1,4 +1,4 @@
-"""The demo's data side without root: topology data, the controller config it generates, the reference result."""
+"""The demo's data side without root: topology data, the controller config it writes, the reference result."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from examples.mininet import reference
 from examples.mininet import topology as mininet_demo
 
 pytestmark = pytest.mark.unit
-
 
 
 def test_star_topology_addresses_are_distinct_and_on_their_networks() -> None:
