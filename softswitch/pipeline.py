@@ -162,9 +162,10 @@ class Pipeline:
 
     def agg_source(self) -> tuple[bytes, int] | None:
         """The switch's aggregation (MAC, IPv4) from ``agg_addr``'s default action; None until it is set."""
-        if self.state.generation != self._generation:
-            self._refresh()
-        return self._agg_src
+        with self._lock:
+            if self.state.generation != self._generation:
+                self._refresh()
+            return self._agg_src
 
     def _refresh(self) -> None:
         """Rebuild the lookup caches from the state (on every control-plane write)."""
