@@ -208,7 +208,7 @@ class AllReduceClient:
     # --- callbacks from the transport thread ---------------------------------------------------------------
 
     def _on_complete(self, op: Operation) -> None:
-        self._completions.submit(self._finish, op)
+        self._hand_over(self._finish, op)
 
     @staticmethod
     def _finish(op: Operation) -> None:
@@ -218,6 +218,13 @@ class AllReduceClient:
             op.future.set_exception(exc)
         else:
             op.future.set_result(result)
+
+    def _hand_over(self, fn: Any, arg: Any) -> None:
+        """Run ``fn(arg)`` on the completion thread; inline if that has already stopped (never lose a future)."""
+        try:
+            self._completions.submit(fn, arg)
+        except RuntimeError:  # executor shut down
+            fn(arg)
 
     def _on_fail(self, ops: list[Operation], error: BaseException) -> None:
         if not isinstance(error, AgentClosedError):
@@ -229,7 +236,7 @@ class AllReduceClient:
                 exc: BaseException = error
             else:
                 exc = AgentBrokenError(error)
-            self._completions.submit(op.future.set_exception, exc)
+            self._hand_over(op.future.set_exception, exc)
 
     # --- lifetime ------------------------------------------------------------------------------------------
 
