@@ -21,6 +21,7 @@ from netagg.host_agent.errors import (
     AgentError,
     AgentInputError,
     AllReduceTimeout,
+    JobLostError,
     JoinError,
 )
 from netagg.host_agent.heartbeat import Heartbeat
@@ -88,7 +89,7 @@ class AllReduceClient:
         )
         self._transport = Transport(session, sock, config, self._on_complete, self._on_fail)
         self._heartbeat = (
-            Heartbeat(controller, session.job, session.rank, heartbeat_interval)
+            Heartbeat(controller, session.job, session.rank, heartbeat_interval, on_lost=self._job_lost)
             if controller is not None
             else None
         )
@@ -218,6 +219,14 @@ class AllReduceClient:
             op.future.set_exception(exc)
         else:
             op.future.set_result(result)
+
+    def _job_lost(self, cause: BaseException) -> None:
+        self._transport.abort(
+            JobLostError(
+                f"the controller no longer knows job {self.session.job!r} rank {self.session.rank} ({cause}); "
+                "its lease may have expired: join again on every worker"
+            )
+        )
 
     def _hand_over(self, fn: Any, arg: Any) -> None:
         """Run ``fn(arg)`` on the completion thread; inline if that has already stopped (never lose a future)."""

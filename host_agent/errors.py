@@ -6,6 +6,8 @@
   joining the job again on every worker (a new admission gets a new epoch, so stale switch state cannot leak in).
 * ``AgentClosedError``: the client was closed (or failed) before the operation finished.
 * ``JoinError``: the controller refused or could not be reached when joining.
+* ``JobLostError``: the controller dropped the job while the client was joined (e.g. heartbeats stopped reaching
+  it for a whole lease); the client is broken afterwards, as after a timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class AgentInputError(AgentError, ValueError):
 
 class JoinError(AgentError):
     """Joining the job through the controller failed."""
+
+
+class JobLostError(AgentError):
+    """The controller no longer knows the job (its lease expired or it was torn down): the switch forgot it too."""
 
 
 class AgentClosedError(AgentError):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from netagg.host_agent import quantize as q
-from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout
+from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout, JobLostError
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JoinResult
 from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
@@ -152,6 +152,7 @@ class Transport:
         self._lock = threading.Lock()  # guards _closed_error against submit()
         self._closed_error: BaseException | None = None
         self._stop = False
+        self._abort: BaseException | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -179,6 +180,11 @@ class Transport:
             self._submissions.put(op)
         self._wake()
 
+    def abort(self, error: BaseException) -> None:
+        """Fail everything queued with ``error`` (as a timeout would) and stop."""
+        self._abort = error
+        self._wake()
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread; operations still queued fail with AgentClosedError."""
         self._stop = True
@@ -204,7 +210,7 @@ class Transport:
         error: BaseException | None = None
         try:
             self._loop()
-        except AllReduceTimeout as exc:
+        except (AllReduceTimeout, JobLostError) as exc:
             log.error("%s", exc)
             error = exc
         except BaseException as exc:
@@ -218,6 +224,8 @@ class Transport:
         poller.register(self._wake_r.fileno(), select.POLLIN)
         deadline_check = 0.0
         while not self._stop:
+            if self._abort is not None:
+                raise self._abort
             self._drain_submissions()
             self._receive(budget=4 * self._w + 64)
             now = time.monotonic()

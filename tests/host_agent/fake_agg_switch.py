@@ -195,7 +195,9 @@ class FakeSwitch:
             return
         first = self._first_copy.setdefault((src, h.tsi), data)
         if first != data:
-            self.counters["retransmission_differs"] += 1  # a retransmitted UPDATE must repeat the original bytes
+            self.counters["retransmission_differs"] += (
+                1  # a retransmitted UPDATE must repeat the original bytes
+            )
         if h.msg_type != MsgType.UPDATE:
             self.counters["bad_msg_type"] += 1
             return
@@ -271,6 +273,7 @@ class FakeController:
         self.switch = switch
         self.heartbeats: Counter[int] = Counter()
         self.left: list[int] = []
+        self.heartbeat_error: Exception | None = None  # raised by heartbeat() when set
 
     def join(
         self,
@@ -305,4 +308,6 @@ class FakeController:
         self.left.append(rank)
 
     def heartbeat(self, job: str, rank: int) -> None:
+        if self.heartbeat_error is not None:
+            raise self.heartbeat_error
         self.heartbeats[rank] += 1

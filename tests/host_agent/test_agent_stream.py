@@ -225,6 +225,27 @@ def test_join_that_cannot_run_leaves_again() -> None:
     assert controller.left == [0]
 
 
+def test_job_dropped_by_the_controller_breaks_the_client_clearly() -> None:
+    switch = FakeSwitch(2)
+    controller = FakeController(switch)
+    from netagg.host_agent.client import AllReduceClient
+
+    class Gone(Exception):
+        status = 404  # what the job API answers for a job it does not know
+
+    with switch:
+        client = AllReduceClient.join(controller, switch.job, 2, 0, heartbeat_interval=0.02, deadline=30)
+        try:
+            stuck = client.allreduce_async(np.ones(10, np.float32))  # rank 1 never joins: no progress
+            controller.heartbeat_error = Gone("UnknownJob: no active job 'test-job' (HTTP 404)")
+            with pytest.raises(AgentBrokenError, match="no longer knows job 'test-job' rank 0"):
+                stuck.result(WAIT)  # long before the 30 s deadline
+            with pytest.raises(AgentBrokenError):
+                client.allreduce_async(np.ones(1, np.float32))
+        finally:
+            client.close()
+
+
 def test_wildcard_bind_is_refused_before_joining() -> None:
     switch = FakeSwitch(1)
     controller = FakeController(switch)
