@@ -21,12 +21,12 @@ WORKDIR /netagg
 COPY p4/ p4/
 # p4c runs from the repository root on relative paths, as p4/Makefile does, so the source references in the
 # JSON are the same whichever directory the output goes to.
-RUN mkdir -p /tmp/p4build \
- && p4c-bm2-ss --arch v1model --std p4-16 -o /tmp/p4build/netagg.json \
-        --p4runtime-files /tmp/p4build/netagg.p4info.txtpb p4/v1model/main.p4 \
+RUN mkdir -p p4check \
+ && p4c-bm2-ss --arch v1model --std p4-16 -o p4check/netagg.json \
+        --p4runtime-files p4check/netagg.p4info.txtpb p4/v1model/main.p4 \
  && if [ "$P4C_COMPARE" = 1 ]; then \
-        diff -u p4/v1model/build/netagg.p4info.txtpb /tmp/p4build/netagg.p4info.txtpb \
-     && cmp p4/v1model/build/netagg.json /tmp/p4build/netagg.json \
+        diff -u p4/v1model/build/netagg.p4info.txtpb p4check/netagg.p4info.txtpb \
+     && cmp p4/v1model/build/netagg.json p4check/netagg.json \
      && echo "committed P4 artifacts are current for $(p4c-bm2-ss --version | head -n 1)"; \
     fi
 
