@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .network import DemoNetwork, NetworkError, run_in
+from .commands import NetworkError, run_in
+from .network import DemoNetwork
 from .processes import Managed, ProcessError, ProcessSet, listening_tcp_ports, wait_for
 from .progress import HostState, JobCounters, ProgressLine
 from .reference import digest, reference_result

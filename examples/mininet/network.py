@@ -17,17 +17,13 @@ from dataclasses import dataclass, field
 from mininet.link import Link
 from mininet.node import Host, Node
 
+from .commands import COMMAND_TIMEOUT_S, check_in
 from .processes import ProcessSet
 from .signals import deferred_interrupts
 from .switches import TargetSwitch
 from .topology import DemoTopology
 
-_COMMAND_TIMEOUT_S = 10.0
 _SHELL_EXIT_S = 5.0
-
-
-class NetworkError(RuntimeError):
-    """A step of building the network failed."""
 
 
 @dataclass
@@ -88,7 +84,7 @@ class DemoNetwork:
                 )
                 self._veths.append((host, spec.mgmt_intf))
             # Frames cross a user-space switch: the sender must fill in its UDP checksums itself.
-            self._run(host, f"ethtool -K {spec.data_intf} tx off tso off gso off")
+            check_in(host, ["ethtool", "-K", spec.data_intf, "tx", "off", "tso", "off", "gso", "off"])
             if self.bw_mbit:
                 self._shape(host, spec.data_intf)
                 self._shape(self.switch, topo.switch_intf(spec.port))
@@ -99,30 +95,42 @@ class DemoNetwork:
 
     def _quiet_namespace(self, node: Node) -> None:
         # No IPv6: no router/neighbour solicitations for the switch to flood; loopback up for local servers.
-        self._run(node, "sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
-        self._run(node, "ip link set lo up")
+        check_in(
+            node,
+            [
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )
+        check_in(node, ["ip", "link", "set", "lo", "up"])
 
     def _shape(self, node: Node, intf: str) -> None:
-        """Limit ``intf``'s egress to ``bw_mbit`` with a token bucket (tbf; this kernel has no netem)."""
+        """Limit ``intf``'s egress to ``bw_mbit`` with a token bucket (tbf: netem is not in every kernel)."""
         assert self.bw_mbit
         rate_bytes = self.bw_mbit * 1e6 / 8
         # The bucket must hold at least one timer tick's worth of bytes, and a few full frames.
         burst = max(16 * 1514, int(rate_bytes / 250))
-        self._run(
-            node, f"tc qdisc replace dev {intf} root tbf rate {self.bw_mbit}mbit burst {burst} latency 50ms"
+        check_in(
+            node,
+            [
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                intf,
+                "root",
+                "tbf",
+                "rate",
+                f"{self.bw_mbit}mbit",
+                "burst",
+                str(burst),
+                "latency",
+                "50ms",
+            ],
         )
-
-    @staticmethod
-    def _run(node: Node, command: str) -> str:
-        """Run a shell command in ``node``; raise NetworkError if it fails."""
-        output = node.cmd(f"{command}; echo __rc=$?")
-        text, _, rc = output.rpartition("__rc=")
-        if rc.strip() != "0":
-            raise NetworkError(f"{node.name}: `{command}` failed: {text.strip() or 'exit ' + rc.strip()}")
-        return text
-
-    def host_ip(self, name: str) -> str:
-        return next(h.ipv4 for h in self.topo.hosts if h.name == name)
 
     def close(self) -> list[str]:
         """Stop processes, delete interfaces, end node shells; return problems found (empty when clean)."""
@@ -150,7 +158,7 @@ def _delete_intf(node: Node, intf: str) -> list[str]:
             ["mnexec", "-a", str(node.pid), "ip", "link", "del", intf],
             capture_output=True,
             text=True,
-            timeout=_COMMAND_TIMEOUT_S,
+            timeout=COMMAND_TIMEOUT_S,
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -187,17 +195,3 @@ def _end_shell(node: Node) -> list[str]:
             pass
     node.shell = None
     return problems
-
-
-def run_in(node: Node, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run a short command in ``node``'s namespace with a deadline (not through its shell)."""
-    try:
-        return subprocess.run(
-            ["mnexec", "-a", str(node.pid), *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise NetworkError(f"{node.name}: `{' '.join(argv)}` did not finish within {timeout:.0f} s") from exc

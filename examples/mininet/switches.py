@@ -15,6 +15,7 @@ from typing import Any
 
 from mininet.node import Switch
 
+from .commands import check_in
 from .processes import Managed, ProcessError, ProcessSet, listening_tcp_ports, wait_for
 from .topology import GRPC_PORT
 
@@ -72,7 +73,7 @@ class TargetSwitch(Switch):
         for intf in self.data_ports().values():
             # Segmentation/coalescing offloads would hand the target frames larger than the wire carries,
             # and checksum offload would send frames with unfinished checksums: the target forwards bytes.
-            self.cmd(f"ethtool -K {intf} tx off tso off gso off gro off")
+            check_in(self, ["ethtool", "-K", intf, "tx", "off", "tso", "off", "gso", "off", "gro", "off"])
         self.process = self.procs.start(self, self.target, self.command())
         process = self.process
         wait_for(
