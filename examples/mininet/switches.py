@@ -119,17 +119,18 @@ class Bmv2Target(TargetSwitch):
         binary = shutil.which(BMV2_BINARY)
         if binary is None:
             raise ProcessError(f"{BMV2_BINARY} is not on PATH")
-        # --no-p4: the controller pushes the compiled program with SetForwardingPipelineConfig.
+        # --no-p4: the controller pushes the compiled program with SetForwardingPipelineConfig. The nanomsg
+        # notification socket defaults to one fixed path for every BMv2 on the machine (the file system is not
+        # namespaced): give this one its own, in the demo's log directory.
         return [
             binary,
-            "--device-id",
-            str(self.device_id),
+            "--device-id", str(self.device_id),
             *self.port_args(),
             "--no-p4",
+            "--notifications-addr", f"ipc://{self.procs.log_dir / 'bmv2-notifications.ipc'}",
             "--",
-            "--grpc-server-addr",
-            f"127.0.0.1:{GRPC_PORT}",
-        ]
+            "--grpc-server-addr", f"127.0.0.1:{GRPC_PORT}",
+        ]  # fmt: skip
 
 
 TARGETS: dict[str, type[TargetSwitch]] = {"bmv2": Bmv2Target, "softswitch": SoftSwitchTarget}
