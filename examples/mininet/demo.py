@@ -198,7 +198,10 @@ class Demo:
                     f"{spec.name} cannot ping {first.name} ({first.ipv4}) through the switch: "
                     f"{done.stdout.strip().splitlines()[-1:] or done.stderr.strip()}"
                 )
-        self.say(f"connectivity: {len(self.topo.hosts) - 1} hosts ping {first.name} through the switch")
+        others = len(self.topo.hosts) - 1
+        self.say(
+            f"connectivity: {others} host{' pings' if others == 1 else 's ping'} {first.name} through the switch"
+        )
 
     # -- the all-reduce job ----------------------------------------------------------------------------------
 
