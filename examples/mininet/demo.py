@@ -118,18 +118,15 @@ class Demo:
             self.say(f"error: {exc}")
             status = 1
         finally:
+            # Anything else (Mininet reports its failures as bare Exceptions) propagates after the teardown.
             with interrupts_ignored():
-                problems = net.close()
+                teardown = net.close()
             self.times["total"] = time.monotonic() - start
-            if problems:
-                self.say("teardown problems:\n  " + "\n  ".join(problems))
+            if teardown.problems:
+                self.say(f"teardown: {teardown.describe()}; problems:\n  " + "\n  ".join(teardown.problems))
                 status = status or 1
             else:
-                self.say(
-                    f"teardown: stopped {len(procs.processes)} processes, deleted "
-                    f"{2 * len(self.topo.hosts)} veth pairs, ended {1 + len(self.topo.hosts)} node shells "
-                    "(and with them their network namespaces)"
-                )
+                self.say(f"teardown: {teardown.describe()}")
             if status == 0 and not opts.keep_logs:
                 shutil.rmtree(log_dir, ignore_errors=True)
             else:

@@ -132,16 +132,33 @@ class DemoNetwork:
             ],
         )
 
-    def close(self) -> list[str]:
-        """Stop processes, delete interfaces, end node shells; return problems found (empty when clean)."""
-        problems = [f"{p.role} (pid {p.pid}) survived SIGKILL" for p in self.procs.stop_all()]
+    def close(self) -> Teardown:
+        """Stop processes, delete interfaces, end node shells; say what was done and what went wrong."""
+        done = Teardown(processes=len(self.procs.processes), veths=len(self._veths), shells=len(self._nodes))
+        done.problems += [f"{p.role} (pid {p.pid}) survived SIGKILL" for p in self.procs.stop_all()]
         for node, intf in reversed(self._veths):
-            problems += _delete_intf(node, intf)
+            done.problems += _delete_intf(node, intf)
         self._veths.clear()
         for node in reversed(self._nodes):
-            problems += _end_shell(node)
+            done.problems += _end_shell(node)
         self._nodes.clear()
-        return problems
+        return done
+
+
+@dataclass
+class Teardown:
+    """What ``DemoNetwork.close`` took down, and the problems it met (empty when everything went)."""
+
+    processes: int
+    veths: int
+    shells: int
+    problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"stopped {self.processes} processes, deleted {self.veths} veth pairs, ended {self.shells} node "
+            "shells (and with them their network namespaces)"
+        )
 
 
 def _switch_port_mac(port: int) -> str:

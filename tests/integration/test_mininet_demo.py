@@ -97,7 +97,7 @@ def test_demo_three_hosts_get_the_reference_result(target: str) -> None:
     for host in ("h1", "h2", "h3"):
         assert re.search(rf"^  {host}\s+[\d.]+\s+[\d.]+\s+\d+\s+bit-exact \(sha256 ", out, re.MULTILINE), out
     assert RESULT_OK.search(out), out
-    assert "teardown: stopped" in out and "teardown problems" not in out
+    assert "teardown: stopped" in out and "problems:" not in out
 
 
 @needs_mininet
@@ -248,7 +248,7 @@ def interrupt_when(marker: re.Pattern[str], target: str, *options: str) -> None:
             proc.wait(10)
     out = "".join(seen) + rest
     assert proc.returncode == 130, out
-    assert "interrupted: tearing down" in out and "teardown problems" not in out, out
+    assert "interrupted: tearing down" in out and "problems:" not in out, out
     survivors = [pid for pid, start in started.items() if (st := _stat(pid)) is not None and st[1] == start]
     assert not survivors, f"processes of the demo still alive: {survivors}\n{out}"
     assert not _processes_in(namespaces), "processes are still in the demo's namespaces"
