@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Debian packages the tests and the demo use (network namespaces, veth, offload control, tc shaping, Mininet).
-DEB_PACKAGES := iproute2 ethtool mininet tcpdump procps
+DEB_PACKAGES := iproute2 ethtool mininet net-tools tcpdump procps
 
-.PHONY: install deb venv test test-unit test-loopback test-netns p4 p4-check bench demo mininet-demo docker-test lint clean
+.PHONY: install deb venv test test-unit test-loopback test-netns p4 bench mininet-demo docker-test lint clean
 
 install: deb venv ## set up everything on a fresh machine (idempotent)
 
@@ -23,6 +23,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	@# Mininet's Python package comes from Debian; expose just that package to the virtualenv.
+	@if [ -d /usr/lib/python3/dist-packages/mininet ]; then \
+	  ln -sfn /usr/lib/python3/dist-packages/mininet "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mininet"; fi
 	touch $@
 
 test: venv ## the whole default suite (unit, loopback and, as root, netns tiers)
@@ -40,6 +43,12 @@ test-netns: venv
 p4: venv ## regenerate p4/include/generated.p4 and, when p4c is on PATH, the compiled artifacts
 	$(PY) -m netagg.p4gen
 	@if command -v p4c-bm2-ss >/dev/null; then $(MAKE) -C p4; else echo "p4c-bm2-ss not on PATH: compiled artifacts left as committed"; fi
+
+mininet-demo: venv ## emulated network: N hosts all-reduce through BMv2 (if installed) or the softswitch; needs root
+	$(PY) -m examples.mininet $(ARGS)
+
+docker-test: ## conformance + integration suites against BMv2 in a container (needs a Docker engine)
+	docker/run-tests.sh $(ARGS)
 
 bench: venv ## speed and memory figures (ratios measured side by side); not part of `make test`
 	$(PY) -m bench
