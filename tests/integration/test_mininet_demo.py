@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,12 +162,15 @@ def _named_netns_inodes() -> dict[str, int]:
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, start time) of a process, or None if it is gone."""
+    """(ppid, start time) of a running process; None if it is gone or a zombie (exited, not yet reaped by
+    whoever inherited it: it holds no namespace or socket any more)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
     return int(fields[1]), int(fields[19])
 
 
@@ -216,11 +220,45 @@ def _lines(proc: subprocess.Popen[str], deadline: float) -> Iterator[str]:
             yield line
 
 
+def _describe(pids: list[int]) -> str:
+    """PIDs with their state and command lines, for failure messages."""
+    parts = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            cmdline, state = "(gone)", "?"
+        parts.append(f"{pid} [{state}] {cmdline.strip()}")
+    return "; ".join(parts)
+
+
+class Watch:
+    """Every process seen descended from the demo (PID -> start time) and every namespace they were in."""
+
+    def __init__(self, root: int, own_ns: int | None) -> None:
+        self.root = root
+        self.own_ns = own_ns
+        self.started: dict[int, int] = {}
+        self.namespaces: set[int] = set()
+
+    def sample(self) -> None:
+        for pid, start in _descendants(self.root).items():
+            self.started.setdefault(pid, start)
+            ns = _netns_inode(pid)
+            if ns is not None and ns != self.own_ns:
+                self.namespaces.add(ns)
+
+
 def interrupt_when(marker: re.Pattern[str], target: str, *options: str) -> None:
-    """Start the demo, send SIGINT when a line matches ``marker``, and check that nothing of it is left."""
+    """Start the demo; once a line matches ``marker`` and a process of the demo is inside a namespace of its
+    own, send SIGINT; then check that nothing of the demo is left.
+
+    Sampling goes on until the demo exits, because the demo finishes the step it is in (creating a node, say)
+    before the interrupt takes effect, and whatever that step starts must be taken down too.
+    """
     links_before = _root_links()
     named_before = _named_netns_inodes()
-    own_ns = _netns_inode(os.getpid())
     proc = subprocess.Popen(
         demo_argv(target, *options),
         cwd=REPO_ROOT,
@@ -229,7 +267,9 @@ def interrupt_when(marker: re.Pattern[str], target: str, *options: str) -> None:
         text=True,
         bufsize=1,
     )
+    watch = Watch(proc.pid, _netns_inode(os.getpid()))
     seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True)
     try:
         for line in _lines(proc, time.monotonic() + 90):
             seen.append(line)
@@ -237,24 +277,41 @@ def interrupt_when(marker: re.Pattern[str], target: str, *options: str) -> None:
                 break
         else:
             pytest.fail(f"no line matching {marker.pattern!r} within 90 s:\n{''.join(seen)}")
-        started = _descendants(proc.pid)
-        namespaces = {ns for pid in started if (ns := _netns_inode(pid)) is not None} - {own_ns}
-        assert started and namespaces, "the demo had started no processes in namespaces of its own"
+        reader.start()
+        deadline = time.monotonic() + 30
+        watch.sample()
+        while not watch.namespaces:
+            assert time.monotonic() < deadline, "the demo started no process in a namespace within 30 s"
+            time.sleep(0.005)
+            watch.sample()
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the demo did not exit within 60 s of SIGINT"
+            watch.sample()
+            time.sleep(0.02)
+        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    out = "".join(seen) + rest
+    out = "".join(seen)
     assert proc.returncode == 130, out
     assert "interrupted: tearing down" in out and "problems:" not in out, out
-    survivors = [pid for pid, start in started.items() if (st := _stat(pid)) is not None and st[1] == start]
-    assert not survivors, f"processes of the demo still alive: {survivors}\n{out}"
-    assert not _processes_in(namespaces), "processes are still in the demo's namespaces"
+    survivors = [
+        pid for pid, start in watch.started.items() if (st := _stat(pid)) is not None and st[1] == start
+    ]
+    assert not survivors, f"processes of the demo still alive: {_describe(survivors)}\n{out}"
+    assert not _processes_in(watch.namespaces), "processes are still in the demo's namespaces"
     new_named = {name for name, ino in _named_netns_inodes().items() if name not in named_before}
-    assert not {name for name in new_named if _named_netns_inodes().get(name) in namespaces}
+    assert not {name for name in new_named if _named_netns_inodes().get(name) in watch.namespaces}
     assert not {name for name in _root_links() - links_before if DEMO_INTF.match(name)}
+
+
+@needs_mininet
+def test_interrupt_while_the_network_is_built_leaves_nothing_behind() -> None:
+    # The "logs:" line comes just before the first node is created: SIGINT lands during the build.
+    interrupt_when(re.compile(r"^logs: "), "softswitch", "--hosts", "4")
 
 
 @needs_mininet
