@@ -32,7 +32,9 @@ JOB_NAME = "demo"
 #: How long the controller gets to connect to the switch, push the pipeline and open its API.
 CONTROLLER_START_S = 60.0
 PING_TIMEOUT_S = 5.0
-POLL_INTERVAL_S = 0.2
+#: How often the stats poller asks the controller. Each poll reads the switch's counters over P4Runtime, which
+#: costs the softswitch noticeable time (about 20% of the goodput at 0.2 s, measured with 4 hosts).
+POLL_INTERVAL_S = 0.5
 #: Port of torch.distributed's rendezvous store on the first host (--train).
 TRAIN_MASTER_PORT = 29500
 
