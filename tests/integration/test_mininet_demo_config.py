@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from netagg.host_agent.cli import rank_data
 # The demo is not part of the installed distribution: import it from the repository root (`python -m pytest`).
 from examples.mininet import reference
 from examples.mininet import topology as mininet_demo
+from examples.mininet.progress import HostState, JobCounters, ProgressLine
+from netagg.constants import DropReason, JobStat
 
 pytestmark = pytest.mark.unit
 
@@ -93,3 +96,25 @@ def test_int32_reference_is_the_exact_sum() -> None:
     result = reference.reference_result(1, 3, 400, 32, dtype="int32")
     inputs = [rank_data(1, r, 100, "int32", 3) for r in range(3)]
     assert np.array_equal(result, np.sum(inputs, axis=0, dtype=np.int64).astype(np.int32))
+
+
+def test_job_counters_read_the_controllers_stats_format() -> None:
+    # The shape of one job in `netagg-controller stats --json`: every JobStat and DropReason by lower-case name.
+    job = {"job": "demo", "job_id": 3}
+    for i, stat in enumerate(JobStat):
+        job[stat.name.lower()] = {"packets": 10 * (i + 1), "bytes": 0}
+    job["drops"] = {
+        r.name.lower(): {"packets": 7 if r is DropReason.SIMULATED_LOSS else 0, "bytes": 0}
+        for r in DropReason
+    }
+    counters = JobCounters.from_stats(job)
+    assert (counters.aggregated, counters.completed, counters.retransmit_answered) == (10, 20, 30)
+    assert counters.drops == {"simulated_loss": 7}
+
+
+def test_progress_line_clamps_and_names_every_host() -> None:
+    hosts = [HostState("h1", "running"), HostState("h2", "done")]
+    line = ProgressLine(expected_chunks=100, stream=io.StringIO())
+    assert line.render(1.0, hosts, None).endswith("waiting for every host to join | h1:running h2:done")
+    text = line.render(2.5, hosts, JobCounters(completed=130, retransmit_answered=4))
+    assert text.startswith("progress: [   2.5 s] 100.0% (130 chunks summed, 4 retransmissions answered)")
