@@ -94,7 +94,8 @@ def test_demo_three_hosts_get_the_reference_result(target: str) -> None:
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert f"(--target {target})" in out and f"switch: {target} pid" in out
-    assert "connectivity: 2 hosts ping h1 through the switch" in out
+    if shutil.which("ping"):
+        assert "connectivity: 2 hosts ping h1 through the switch" in out
     for host in ("h1", "h2", "h3"):
         assert re.search(rf"^  {host}\s+[\d.]+\s+[\d.]+\s+\d+\s+bit-exact \(sha256 ", out, re.MULTILINE), out
     assert RESULT_OK.search(out), out
