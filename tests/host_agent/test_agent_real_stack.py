@@ -64,7 +64,7 @@ def _run(stack: Stack, job: str, inputs: list[list[np.ndarray]], **options: obje
     return run_ranks([None] * n, body)  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize("num_workers", [1, 2, 4])
+@pytest.mark.parametrize("num_workers", [1, 2, 4, 8])
 def test_sums_through_the_software_switch(stack: Stack, num_workers: int) -> None:
     inputs = _inputs(num_workers, seed=num_workers)
     results = _run(stack, f"sum-{num_workers}", inputs)
@@ -83,6 +83,42 @@ def test_loss_at_the_switch_and_the_agent_gives_identical_bits(stack: Stack, los
             np.testing.assert_array_equal(got, want)
     drops = lossy_stack.controller().stats()["switch"]["drops"]
     assert drops["simulated_loss"]["packets"] > 0
+
+
+def test_mixed_stream_queued_and_sequential(stack: Stack) -> None:
+    """Batches queued at once, each batch after the previous completed: both ends of the exponent chain."""
+    n = 3
+    rng = np.random.default_rng(8)
+    sizes = [(1, "float32"), (700, "int32"), (4000, "float32"), (257, "float16"), (20000, "float32")]
+    batches = [sizes[:2], sizes[2:], sizes]
+    inputs = [
+        [[rng.standard_normal(c).astype(d) if d != "int32" else rng.integers(-9, 9, c, np.int32) for c, d in b]
+         for b in batches]
+        for _ in range(n)
+    ]  # fmt: skip
+    controller = stack.controller()
+
+    def body(rank: int, _: object) -> list[list[np.ndarray]]:
+        with AllReduceClient.join(
+            controller, "mixed", n, rank, join_timeout=30, deadline=20, window=8
+        ) as client:
+            out = []
+            for batch in inputs[rank]:
+                futures = [client.allreduce_async(x, inplace=False) for x in batch]
+                out.append([f.result(WAIT) for f in futures])
+            return out
+
+    results = run_ranks([None] * n, body)  # type: ignore[list-item]
+    for b, batch in enumerate(batches):
+        for t, (_, dtype) in enumerate(batch):
+            per_rank = [inputs[r][b][t] for r in range(n)]
+            got = results[0][b][t]
+            for r in range(n):
+                np.testing.assert_array_equal(results[r][b][t], got)
+            if dtype == "int32":
+                np.testing.assert_array_equal(got, np.sum(per_rank, axis=0, dtype=np.int32))
+            elif dtype == "float32":
+                assert_close_to_reference(got, per_rank, 256)
 
 
 def test_stopped_worker_fails_the_other_within_its_deadline(stack: Stack) -> None:
