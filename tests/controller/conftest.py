@@ -182,7 +182,9 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
             self.entities = dict(state_from.entities)
             self.defaults = dict(state_from.defaults)
             self.counters = dict(state_from.counters)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        # A BMv2 JSON is several MB: accept large messages, as real P4Runtime servers do.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                                  options=[("grpc.max_receive_message_length", 64 << 20)])
         p4r_grpc.add_P4RuntimeServicer_to_server(self, self.server)
         self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         self.address = f"127.0.0.1:{self.port}"
