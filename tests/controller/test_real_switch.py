@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from netagg.constants import NUM_JOB_STATS, JobStat
 from netagg.controller.jobs import JobManager, JoinRequest
 from netagg.controller.switch import SwitchConnection
 
@@ -71,6 +72,8 @@ def test_job_entries_round_trip(connection: SwitchConnection) -> None:
     }
     results = by_key(connection.read_table("results"), "job", "worker_id")
     assert results[(job.job_id, 1)] == {"mac": 0x020000000002, "addr": 0x0A000002, "port": 9001}
+    indices = [job.job_id * NUM_JOB_STATS + stat for stat in JobStat]
+    assert connection.read_counter("job_stats", indices) == {i: (0, 0) for i in indices}  # no traffic yet
     manager.leave("rt", 0)
     manager.leave("rt", 1)
     assert connection.read_table("workers") == [] and connection.read_table("results") == []
