@@ -226,8 +226,10 @@ class Transport:
         while not self._stop:
             if self._abort is not None:
                 raise self._abort
-            self._drain_submissions()
             self._receive(budget=4 * self._w + 64)
+            # After receiving, right before packing: an all-reduce submitted before a RESULT arrived is queued by
+            # the time that RESULT's slot announces its next chunk (what makes the chain's behaviour predictable).
+            self._drain_submissions()
             now = time.monotonic()
             self._retransmit_expired(now)
             self._send_pending(now)
