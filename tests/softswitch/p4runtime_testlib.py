@@ -9,6 +9,7 @@ P4Info built here from the contract table of docs/protocol.md and the table prop
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import queue
 import threading
@@ -21,7 +22,13 @@ from finsy.proto import p4i, p4r, p4r_grpc, rpc_status
 from google.protobuf import text_format
 from netagg.softswitch.codec import encode_u128, encode_uint
 from netagg.softswitch.p4runtime_server import P4RuntimeServer
-from netagg.softswitch.schema import REFERENCE_BMV2_JSON, REFERENCE_P4INFO, P4Schema, load_p4info
+from netagg.softswitch.schema import (
+    REFERENCE_BMV2_JSON,
+    REFERENCE_P4INFO,
+    P4Schema,
+    defaults_from_bmv2_json,
+    load_p4info,
+)
 from netagg.softswitch.state import SwitchState
 
 from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS, PORT_BITS
@@ -184,7 +191,7 @@ def minimal_bmv2_json(p4info: p4i.P4Info, defaults: Mapping[str, tuple[str, dict
     return json.dumps({"actions": actions, "pipelines": [{"name": "ingress", "tables": tables}]}).encode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and cached by identity
 class Program:
     """The P4Info and BMv2 JSON the tests push, and where the server finds its reference copy."""
 
@@ -201,16 +208,22 @@ class Program:
         return config
 
 
+@functools.cache
+def _committed_program() -> Program:
+    # Loaded once per test session: the P4Info text and the BMv2 JSON take a noticeable time to parse.
+    return Program(
+        load_p4info(REFERENCE_P4INFO),
+        REFERENCE_BMV2_JSON.read_bytes(),
+        REFERENCE_P4INFO,
+        REFERENCE_BMV2_JSON,
+        committed=True,
+    )
+
+
 def netagg_program(tmp_path: Path) -> Program:
     """The committed program when it exists, else the contract P4Info written under ``tmp_path``."""
     if REFERENCE_P4INFO.exists() and REFERENCE_BMV2_JSON.exists():
-        return Program(
-            load_p4info(REFERENCE_P4INFO),
-            REFERENCE_BMV2_JSON.read_bytes(),
-            REFERENCE_P4INFO,
-            REFERENCE_BMV2_JSON,
-            committed=True,
-        )
+        return _committed_program()
     p4info = contract_p4info()
     blob = minimal_bmv2_json(p4info, {t.name: t.default for t in _TABLES})
     p4info_path = tmp_path / "netagg.p4info.txtpb"
@@ -297,11 +310,12 @@ class Client:
     """A plain gRPC P4Runtime client that builds entities by P4Info name."""
 
     def __init__(self, address: str, program: Program, device_id: int = DEVICE_ID) -> None:
-        self.channel = grpc.insecure_channel(address)
+        # Get of the whole pipeline returns the BMv2 JSON, larger than gRPC's default 4 MB limit.
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
         grpc.channel_ready_future(self.channel).result(timeout=TIMEOUT_S)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.program = program
-        self.schema = P4Schema(program.p4info)
+        self.schema = _client_schema(program)
         self.device_id = device_id
         self.election_id = 1
         self._streams: list[Stream] = []
@@ -408,6 +422,11 @@ class Client:
         return p4r.Entity(
             packet_replication_engine_entry=p4r.PacketReplicationEngineEntry(multicast_group_entry=group)
         )
+
+
+@functools.cache
+def _client_schema(program: Program) -> P4Schema:
+    return P4Schema(program.p4info, defaults_from_bmv2_json(program.device_config, program.p4info))
 
 
 def _bytes(value: int | bytes) -> bytes:

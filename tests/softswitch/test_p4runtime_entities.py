@@ -86,7 +86,10 @@ def test_wildcard_read_over_all_tables(client: Client) -> None:
     entries = [client.table_entry(t, k, a, **p) for t, (k, a, p, _, _) in KEYED.items()]
     client.write(*map(insert, entries))
     read = client.read(p4r.Entity(table_entry=p4r.TableEntry()))
-    key = lambda e: e.SerializeToString(deterministic=True)
+
+    def key(entity: p4r.Entity) -> bytes:
+        return entity.SerializeToString(deterministic=True)
+
     assert sorted(read, key=key) == sorted(entries, key=key)
 
 
