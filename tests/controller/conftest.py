@@ -288,9 +288,8 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
             if key not in self.entities:
                 return rpc_code.NOT_FOUND, "Entry not found"
             self.entities[key] = entity
-        elif update.type == p4r.Update.DELETE:
-            if self.entities.pop(key, None) is None:
-                return rpc_code.NOT_FOUND, "Entry not found"
+        elif update.type == p4r.Update.DELETE and self.entities.pop(key, None) is None:
+            return rpc_code.NOT_FOUND, "Entry not found"
         return rpc_code.OK, ""
 
     def Read(self, request: p4r.ReadRequest, context: Any) -> Iterator[p4r.ReadResponse]:

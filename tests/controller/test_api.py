@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -233,5 +234,5 @@ def test_many_jobs_join_at_once(service: Service) -> None:
     assert len(ids) == 8
     listing = {j["job"]: j for j in service.client.jobs()["jobs"]}
     ranges = sorted((j["pool_base"], j["pool_base"] + j["slots"]) for j in listing.values())
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ranges, ranges[1:]))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(ranges))
     assert len(service.recorder.calls) == 8

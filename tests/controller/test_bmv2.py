@@ -86,8 +86,9 @@ def bmv2(tmp_path: Path) -> Iterator[Bmv2]:
         yield switch
     finally:
         switch.kill()
-        subprocess.run(["ip", "link", "del", VETH_ROOT], capture_output=True, timeout=30)
-        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, timeout=30)
+        # Best effort: the veth may already be gone with the namespace, and cleanup must reach the next line.
+        subprocess.run(["ip", "link", "del", VETH_ROOT], capture_output=True, timeout=30, check=False)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, timeout=30, check=False)
         print(switch.log.read_text(errors="replace")[-2000:] if switch.log.exists() else "")
 
 
