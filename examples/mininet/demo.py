@@ -23,7 +23,7 @@ from .processes import Managed, ProcessError, ProcessSet, listening_tcp_ports, w
 from .progress import HostState, JobCounters, ProgressLine
 from .reference import digest, reference_result
 from .signals import install_handlers, interrupts_ignored
-from .switches import choose_target, entry_point
+from .switches import TargetSwitch, choose_target, entry_point
 from .topology import API_PORT, DemoTopology, controller_config, load, star
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +85,7 @@ class Demo:
         self.job: JobCounters | None = None
         self.switch_drops: dict[str, int] = {}
         self.target_name = ""
+        self.switch_cls: type[TargetSwitch] | None = None
         self._stats_offset = 0
 
     def say(self, text: str) -> None:
@@ -101,6 +102,7 @@ class Demo:
             )
         switch_cls, why = choose_target(opts.target)
         self.target_name = switch_cls.target
+        self.switch_cls = switch_cls
         self.say(f"switch: {why}")
         log_dir = Path(tempfile.mkdtemp(prefix="netagg-demo-"))
         self.say(f"logs: {log_dir}")
@@ -229,9 +231,15 @@ class Demo:
             "--check",
             "--json",
         ]
-        if opts.window is not None:
-            argv += ["--window", str(opts.window)]
+        window = self._window()
+        if window is not None:
+            argv += ["--window", str(window)]
         return argv
+
+    def _window(self) -> int | None:
+        if self.opts.window is not None or self.switch_cls is None:
+            return self.opts.window
+        return self.switch_cls.default_window
 
     def _start_poller(self, net: DemoNetwork) -> Managed:
         assert net.switch is not None
@@ -258,7 +266,9 @@ class Demo:
         )  # one untimed all-reduce, then the timed ones
         self.say(
             f"job: {len(topo.hosts)} ranks all-reduce {opts.size} bytes of seeded float32 data "
-            f"({opts.iterations} timed + 1 checked), {opts.lanes} lanes per packet"
+            f"({opts.iterations} timed + 1 checked), {opts.lanes} lanes per packet, window "
+            + (str(self._window()) if self._window() is not None else "the agent's default")
+            + (f" ({self.target_name}'s default here)" if opts.window is None and self._window() else "")
         )
         poller = self._start_poller(net)
         hosts = [HostState(spec.name) for spec in topo.hosts]
