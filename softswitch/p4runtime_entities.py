@@ -56,6 +56,11 @@ def _decode(data: bytes, bitwidth: int, what: str) -> int:
         raise _invalid(str(exc)) from None
 
 
+def _key_str(table: TableInfo, key: Key) -> str:
+    """A key as the controller wrote it, e.g. ``(job=0x3, src_addr=0xa000002, src_port=0x9c40)``."""
+    return "(" + ", ".join(f"{mf.name}={v:#x}" for mf, v in zip(table.match_fields, key, strict=True)) + ")"
+
+
 class EntityStore:
     """The P4Runtime view of one pipeline's ``SwitchState``.
 
@@ -140,7 +145,7 @@ class EntityStore:
         if kind == p4r.Update.DELETE:
             if key not in entries:
                 raise P4RuntimeError(
-                    grpc.StatusCode.NOT_FOUND, f"table {table.name!r}: no entry with key {key}"
+                    grpc.StatusCode.NOT_FOUND, f"table {table.name!r}: no entry {_key_str(table, key)}"
                 )
             del entries[key]
             self._entry_meta.pop((table.name, key), None)
@@ -152,14 +157,16 @@ class EntityStore:
             if key in entries:
                 raise P4RuntimeError(
                     grpc.StatusCode.ALREADY_EXISTS,
-                    f"table {table.name!r}: an entry with key {key} exists (use MODIFY)",
+                    f"table {table.name!r}: entry {_key_str(table, key)} exists (use MODIFY)",
                 )
             if table.size > 0 and len(entries) >= table.size:
                 raise P4RuntimeError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"table {table.name!r} is full ({table.size} entries)"
                 )
         elif key not in entries:
-            raise P4RuntimeError(grpc.StatusCode.NOT_FOUND, f"table {table.name!r}: no entry with key {key}")
+            raise P4RuntimeError(
+                grpc.StatusCode.NOT_FOUND, f"table {table.name!r}: no entry {_key_str(table, key)}"
+            )
         entries[key] = action  # one assignment: the data path sees the old or the new action
         self._entry_meta[(table.name, key)] = (entry.controller_metadata, entry.metadata)
 
