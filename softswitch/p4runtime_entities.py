@@ -405,6 +405,7 @@ class EntityStore:
         return p4r.Entity(table_entry=entry)
 
     def _default_entity(self, table: TableInfo) -> p4r.Entity:
+        # ``is_const`` stays unset even for const defaults: it is P4Runtime 1.4, and BMv2's 1.3 server omits it.
         cookie, metadata = self._entry_meta.get((table.name, None), (0, b""))
         entry = p4r.TableEntry(
             table_id=table.id,
@@ -412,7 +413,6 @@ class EntityStore:
             action=self._action_msg(self.state.tables[table.name].default),
             controller_metadata=cookie,
             metadata=metadata,
-            is_const=bool(table.const_default_action_id),
         )
         return p4r.Entity(table_entry=entry)
 

@@ -133,7 +133,7 @@ def test_default_entries_of_all_tables(client: Client) -> None:
     names = {client.schema.tables_by_id[e.table_entry.table_id].name for e in read}
     assert names == set(client.schema.tables)
     workers = next(e for e in read if e.table_entry.table_id == client.schema.tables["workers"].id)
-    assert workers.table_entry.is_const  # its default is const in the program
+    assert workers == client.table_entry("workers", (), "NoAction", default=True)  # as BMv2: no is_const
 
 
 def test_counters_read_all_one_and_write(sw: Running, client: Client) -> None:
