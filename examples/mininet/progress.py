@@ -51,7 +51,10 @@ class ProgressLine:
         self._width = 0
 
     def render(self, elapsed: float, hosts: list[HostState], job: JobCounters | None) -> str:
-        if job is None:
+        if all(h.state in ("done", "failed") for h in hosts):
+            # The last poll may predate the end of the job: no percentage that looks like a stall.
+            done = "finished" + (f" ({job.completed} chunks summed by the last poll)" if job else "")
+        elif job is None:
             done = "waiting for every host to join"
         else:
             # The agents' own protocol rounds make the count run slightly past the data's chunks: clamp.

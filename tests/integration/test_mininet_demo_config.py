@@ -118,3 +118,7 @@ def test_progress_line_clamps_and_names_every_host() -> None:
     assert line.render(1.0, hosts, None).endswith("waiting for every host to join | h1:running h2:done")
     text = line.render(2.5, hosts, JobCounters(completed=130, retransmit_answered=4))
     assert text.startswith("progress: [   2.5 s] 100.0% (130 chunks summed, 4 retransmissions answered)")
+    finished = [HostState("h1", "done"), HostState("h2", "failed")]
+    assert line.render(3.0, finished, JobCounters(completed=20)) == (
+        "progress: [   3.0 s] finished (20 chunks summed by the last poll) | h1:done h2:failed"
+    )
