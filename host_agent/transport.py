@@ -286,10 +286,8 @@ class Transport:
                 n, src = sock.recvfrom_into(rbuf)
             except BlockingIOError:
                 return
-            except (
-                ConnectionRefusedError
-            ):  # ICMP port unreachable from an earlier send: the switch is not up yet
-                continue
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable after an earlier send: the switch is not up (yet)
             if src != switch_addr:
                 stats.foreign += 1  # only the switch's aggregation address may deliver RESULTs
                 continue
