@@ -129,6 +129,17 @@ def test_demo_with_loss_and_shaping_recovers(target: str) -> None:
 
 
 @needs_mininet
+@needs_program
+def test_demo_trains_the_ddp_example_over_the_softswitch() -> None:
+    done = run_demo("softswitch", "--train", "--hosts", "2", "--epochs", "1", "--timeout", "240", timeout=300)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert re.search(r"^  h1: \[netagg\] final test accuracy [\d.]+% on \d+ samples$", out, re.MULTILINE), out
+    assert re.search(r"^train: done in ", out, re.MULTILINE)
+    assert "teardown: stopped" in out and "problems:" not in out
+
+
+@needs_mininet
 def test_demo_refuses_bmv2_when_it_is_absent_and_says_so() -> None:
     if shutil.which("simple_switch_grpc"):
         pytest.skip("simple_switch_grpc is on PATH")
