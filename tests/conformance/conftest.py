@@ -76,11 +76,18 @@ def sut(running_target: RunningTarget) -> Iterator[SwitchUnderTest]:
         running_target.ports.drain()
         yield SwitchUnderTest(process.target.name, session, running_target.ports)
     finally:
-        try:
-            session.close()
-        finally:
-            try:
-                process.check_alive()
-            except TargetError:
-                process.stop()  # forget it; the next test restarts it
-                raise
+        _end_test(session, process)
+
+
+def _end_test(session: P4RuntimeSession, process: TargetProcess) -> None:
+    """Delete the test's multicast groups (see ``delete_multicast_groups``), close, fail if the target died."""
+    try:
+        if process.running():
+            session.delete_multicast_groups()
+    finally:
+        session.close()
+    try:
+        process.check_alive()
+    except TargetError:
+        process.stop()  # forget it; the next test restarts it
+        raise

@@ -23,7 +23,8 @@ def test_slots_are_reused_through_both_sets_over_many_rounds(sut: SwitchUnderTes
     for k in range(ROUNDS):
         order = [(k + i) % job.n for i in range(job.n)]
         sut.complete_round(job, tsi=k, slot=k % 2, set=(k // 2) % 2, lanes=random_lanes(100 + k, job.workers, 32),
-                           exps={w.id: (k + w.id) % 5 - 2 for w in job.workers}, order=order)
+                           exps={w.id: (k + w.id) % 5 - 2 for w in job.workers}, order=order, quiet=0)
+    sut.ports.expect_silence()
     watch.wait(stats={(3, JobStat.AGGREGATED): ROUNDS * job.n, (3, JobStat.COMPLETED): ROUNDS})
 
 
