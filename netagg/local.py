@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from netagg.controller.client import ControllerClient, ControllerClientError
 
@@ -98,7 +99,9 @@ class LocalStack:
             except ControllerClientError as exc:
                 last = exc
             tick.wait(0.1)
-        raise TimeoutError(f"switch and controller not ready within {START_TIMEOUT} s ({last}):\n{self.logs()}")
+        raise TimeoutError(
+            f"switch and controller not ready within {START_TIMEOUT} s ({last}):\n{self.logs()}"
+        )
 
     def controller(self, timeout: float = 10.0) -> ControllerClient:
         """A job API client of this stack's controller."""
@@ -111,7 +114,8 @@ class LocalStack:
     def logs(self) -> str:
         """The tail of every log, for error messages."""
         return "\n".join(
-            f"--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(self.folder.glob("*.log"))
+            f"--- {p.name}:\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(self.folder.glob("*.log"))
         )
 
     def stop(self) -> None:
@@ -126,7 +130,7 @@ class LocalStack:
                     proc.wait(10)
         self.procs.clear()
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
