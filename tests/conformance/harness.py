@@ -40,8 +40,13 @@ class CounterWatch:
         self._base = session.counters(self.cells)
 
     def delta(self) -> dict[tuple[str, int], int]:
+        """Packets counted in every watched cell since the watch began."""
         now = self._session.counters(self.cells)
-        return {cell: now[cell] - self._base[cell] for cell in self.cells}
+        return {cell: now[cell][0] - self._base[cell][0] for cell in self.cells}
+
+    def byte_delta(self, name: str, index: int) -> int:
+        """Bytes counted in one watched cell since the watch began."""
+        return self._session.counters([(name, index)])[(name, index)][1] - self._base[(name, index)][1]
 
     def _expected(
         self, drops: Mapping[DropKey, int], stats: Mapping[StatKey, int]

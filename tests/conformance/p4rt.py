@@ -91,11 +91,11 @@ class P4RuntimeSession:
 
         return self._call(collect())
 
-    def counters(self, cells: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Packet counts of the given (counter name, index) cells, read in one request."""
+    def counters(self, cells: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+        """(packets, bytes) of the given (counter name, index) cells, read in one request."""
         cells = list(cells)
         replies = self.read(fy.P4CounterEntry(name, index=index) for name, index in cells)
-        counts = {(entry.counter_id, entry.index): entry.packet_count for entry in replies}
+        counts = {(entry.counter_id, entry.index): (entry.packet_count, entry.byte_count) for entry in replies}
         missing = [cell for cell in cells if cell not in counts]
         if missing:
             raise AssertionError(f"counter read did not return {missing}")

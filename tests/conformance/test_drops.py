@@ -68,8 +68,10 @@ def test_malformed_update_is_dropped_counted_and_leaves_the_slot_alone(sut: Swit
     bad = MALFORMED[case]
     sut.admit(JOB)
     watch = sut.watch(JOB.job)
-    sut.ports.send(W0.port, bad.make())
+    frame = bad.make()
+    sut.ports.send(W0.port, frame)
     watch.wait(drops={(JOB.job if bad.job_counted else None, bad.reason): 1})
+    assert watch.byte_delta("drops", bad.reason) == len(frame), "drops counts the dropped frame's bytes"
     sut.ports.expect_silence()
     # Had the frame touched slot state, w0's bit would be set or the sum off: a clean round proves it did not.
     sut.complete_round(JOB, tsi=0, slot=SLOT, set=0, lanes=random_lanes(5, JOB.workers, 32))
