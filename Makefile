@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Debian packages the tests and the demo use (network namespaces, veth, offload control, tc shaping, Mininet).
-DEB_PACKAGES := iproute2 ethtool mininet net-tools tcpdump procps
+DEB_PACKAGES := iproute2 ethtool mininet net-tools iputils-ping tcpdump procps
 
 .PHONY: install deb venv test test-unit test-loopback test-netns p4 bench mininet-demo docker-test lint clean
 
