@@ -12,13 +12,10 @@ import pytest
 from agent_harness import WAIT, assert_close_to_reference, run_ranks
 from netagg.host_agent.client import AllReduceClient
 from netagg.host_agent.errors import AllReduceTimeout
-from real_stack import Stack, missing_reason
+
+from netagg.local import LocalStack as Stack
 
 pytestmark = pytest.mark.loopback
-
-if missing_reason():
-    pytest.skip(missing_reason(), allow_module_level=True)
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
