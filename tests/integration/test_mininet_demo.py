@@ -74,7 +74,7 @@ def demo_argv(target: str, *options: str) -> list[str]:
 
 
 def run_demo(target: str, *options: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    done = subprocess.run(
         demo_argv(target, *options),
         cwd=REPO_ROOT,
         capture_output=True,
@@ -82,6 +82,14 @@ def run_demo(target: str, *options: str, timeout: float = 150.0) -> subprocess.C
         timeout=timeout,
         check=False,
     )
+    remove_logs(done.stdout)
+    return done
+
+
+def remove_logs(output: str) -> None:
+    """Delete the log directory the demo kept after an interrupt (once the test has passed)."""
+    for match in re.finditer(r"^logs kept in (\S+/netagg-demo-[^/\s]+)$", output, re.MULTILINE):
+        shutil.rmtree(match.group(1), ignore_errors=True)
 
 
 @needs_mininet
@@ -318,6 +326,7 @@ def interrupt_when(marker: re.Pattern[str], target: str, *options: str) -> None:
     new_named = {name for name, ino in _named_netns_inodes().items() if name not in named_before}
     assert not {name for name in new_named if _named_netns_inodes().get(name) in watch.namespaces}
     assert not {name for name in _root_links() - links_before if DEMO_INTF.match(name)}
+    remove_logs(out)
 
 
 @needs_mininet
