@@ -58,18 +58,22 @@ def update_frame(
     exp: int = 0,
     flags: int = 0,
     msg_type: MsgType = MsgType.UPDATE,
+    udp_checksum: int | None = None,
 ) -> bytes:
     """An UPDATE (or, with ``msg_type``, any well-formed message) from ``src`` to the switch."""
     header = AggHeader(msg_type, size_for_lanes(len(lanes)), job, tsi, slot, set, exp, flags)
-    return udp_frame(src, agg, encode(header, lanes))
+    return udp_frame(src, agg, encode(header, lanes), udp_checksum=udp_checksum)
 
 
-def udp_frame(src: Endpoint, agg: Endpoint, payload: bytes) -> bytes:
-    """``payload`` in Ethernet/IPv4/UDP from ``src`` to the switch's aggregation port."""
+def udp_frame(src: Endpoint, agg: Endpoint, payload: bytes, *, udp_checksum: int | None = None) -> bytes:
+    """``payload`` in Ethernet/IPv4/UDP from ``src`` to the switch's aggregation port.
+
+    The UDP checksum is computed unless ``udp_checksum`` gives one (0: none, which UPDATEs may carry).
+    """
     frame = (
         Ether(src=src.mac, dst=agg.mac)
         / IP(src=src.ip, dst=agg.ip, ttl=64, id=0x1234)
-        / UDP(sport=src.udp_port, dport=AGG_UDP_PORT)
+        / UDP(sport=src.udp_port, dport=AGG_UDP_PORT, chksum=udp_checksum)
         / Raw(payload)
     )
     return bytes(frame)

@@ -8,6 +8,7 @@ import pytest
 from netagg.constants import LANE_COUNTS, JobStat
 from netagg.wire import size_for_lanes
 
+from .frames import update_frame
 from .harness import PORTS, SwitchUnderTest, random_lanes
 from .program import Job, make_workers
 
@@ -80,3 +81,15 @@ def test_every_payload_size(sut: SwitchUnderTest, lanes: int) -> None:
     watch = sut.watch(job.job)
     sut.complete_round(job, tsi=0, slot=1, set=1, lanes=random_lanes(lanes, job.workers, lanes))
     watch.wait(stats={(5, JobStat.AGGREGATED): 2, (5, JobStat.COMPLETED): 1})
+
+
+def test_update_without_udp_checksum_is_aggregated(sut: SwitchUnderTest) -> None:
+    job = Job(job=6, workers=make_workers(6, 2, PORTS), pool_base=0, pool_size=1, size=0, epoch=1)
+    sut.admit(job)
+    lanes = random_lanes(6, job.workers, 32)
+    watch = sut.watch(job.job)
+    w0 = job.workers[0]
+    sut.ports.send(w0.port, update_frame(w0.endpoint, sut.agg, job=6, tsi=0, slot=0, set=0, lanes=lanes[0],
+                                         udp_checksum=0))
+    watch.wait(stats={(6, JobStat.AGGREGATED): 1})
+    sut.complete_round(job, tsi=0, slot=0, set=0, lanes=lanes, order=[1])
