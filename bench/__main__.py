@@ -6,7 +6,7 @@ import importlib
 import sys
 
 #: Benchmark modules, each with a main(argv) that prints its figures as ratios measured in the same run.
-BENCHMARKS = ["quantize"]
+BENCHMARKS = ["quantize", "softswitch", "agent"]
 
 
 def main() -> None:

@@ -20,8 +20,9 @@ class ReadyProcess:
     def __init__(self, argv: list[str], name: str) -> None:
         self.name = name
         # Own session: stop() signals the whole group (``ip netns exec`` may sit between us and the program).
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-                                      start_new_session=True)  # fmt: skip
+        self._proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, start_new_session=True
+        )
         try:
             self.address = self._wait_ready()
         except BaseException:
