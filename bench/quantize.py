@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from netagg.host_agent import quantize as q
 
 from bench.common import best_of, report
+from netagg.host_agent import quantize as q
 
 
 def run(megabytes: float = 16.0, lanes: int = 256, workers: int = 8) -> dict[str, float]:
