@@ -216,6 +216,7 @@ class SwitchConnection:
                     f"election id {topo.election_id} did not make this controller primary on device "
                     f"{topo.device_id} (another controller with a higher election id is connected)",
                 )
+            await self._clear_multicast_groups(client, election_id)
             request = p4r.SetForwardingPipelineConfigRequest(
                 device_id=topo.device_id,
                 election_id=election_id,
@@ -229,6 +230,36 @@ class SwitchConnection:
             log.info("pipeline pushed to %s: %s", topo.address, schema.get_pipeline_info())
         finally:
             await client.close()
+
+    async def _clear_multicast_groups(self, client: P4Client, election_id: Any) -> None:
+        """Delete every multicast group the switch reports, before a pipeline push.
+
+        The P4Runtime spec has a push clear all forwarding state, and the softswitch does. BMv2 1.15.5 keeps its
+        replication engine's groups across a push while its P4Runtime server forgets them, so re-inserting a group
+        afterwards doubles every replica (each worker gets every RESULT twice). Deleting them first is correct on
+        every target. A switch without a pipeline has no groups and refuses the read: nothing to do.
+        """
+        device_id = self.topology.device_id
+        wildcard = p4r.Entity(
+            packet_replication_engine_entry=p4r.PacketReplicationEngineEntry(
+                multicast_group_entry=p4r.MulticastGroupEntry()
+            )
+        )
+        groups: list[p4r.Entity] = []
+        try:
+            async for reply in client.request_iter(p4r.ReadRequest(device_id=device_id, entities=[wildcard])):
+                groups.extend(e for e in reply.entities if e.HasField("packet_replication_engine_entry"))
+        except P4ClientError as ex:
+            log.debug("no multicast groups to clear before the push (%s: %s)", ex.code.name, ex.message)
+            return
+        if not groups:
+            return
+        updates = [p4r.Update(type=p4r.Update.DELETE, entity=entity) for entity in groups]
+        try:
+            await client.request(p4r.WriteRequest(device_id=device_id, election_id=election_id, updates=updates))
+        except P4ClientError as ex:
+            raise translate(ex, "delete multicast groups before the pipeline push") from None
+        log.info("deleted %d multicast group(s) left on %s before the push", len(groups), self.topology.address)
 
     def stop(self) -> None:
         """Close the connection and the loop thread (the switch keeps its state)."""

@@ -305,6 +305,10 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
                         entry = reply.entities.add().counter_entry
                         entry.counter_id, entry.index.index = ce.counter_id, index
                         entry.data.packet_count, entry.data.byte_count = packets, nbytes
+                elif wanted.HasField("packet_replication_engine_entry"):
+                    for entity in self.entities.values():
+                        if entity.HasField("packet_replication_engine_entry"):
+                            reply.entities.add().CopyFrom(entity)
                 elif wanted.HasField("table_entry"):
                     for entity in self.entities.values():
                         if entity.HasField("table_entry") and entity.table_entry.table_id in (

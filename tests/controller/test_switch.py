@@ -105,6 +105,23 @@ def test_start_pushes_even_when_the_switch_runs_the_pipeline(fake_switch, make_t
         assert fake_switch.pipeline_pushes == expected_pushes
 
 
+def test_groups_left_behind_are_deleted_before_the_push(fake_switch, make_topo, pipeline, schema) -> None:
+    # BMv2 keeps multicast groups across a pipeline push (its P4Runtime server forgets them): a second
+    # controller must delete what the first left, or every replica is doubled once it re-inserts the groups.
+    first = SwitchConnection(make_topo(fake_switch.address), *pipeline)
+    first.start(timeout=10.0)
+    first.stop()
+    start = fake_switch.write_count()
+    second = SwitchConnection(make_topo(fake_switch.address), *pipeline)
+    second.start(timeout=10.0)
+    try:
+        deletes = fake_switch.updates(schema, start)[:1]
+        assert [(kind, what, group) for kind, what, group, *_ in deletes] == [("DELETE", "mcast", FLOOD_MCAST_GROUP)]
+        assert fake_switch.pipeline_pushes == 2
+    finally:
+        second.stop()
+
+
 def test_job_admission_and_teardown_writes(connection, fake_switch, schema) -> None:
     start = fake_switch.write_count()
     manager, job = admit(connection)
