@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from netagg.host_agent.client import DEFAULT_LANES, DEFAULT_WINDOW, AllReduceClient
 
 from bench.common import report
 from bench.procs import REPO, ReadyProcess
 from netagg.constants import LANE_BYTES
+from netagg.host_agent.client import DEFAULT_LANES, DEFAULT_WINDOW, AllReduceClient
 from netagg.local import LocalStack, free_port
 from netagg.wire import message_bytes
 
@@ -44,9 +44,7 @@ class LoopFigures:
         return self.packets / self.seconds
 
 
-def agent_loop(
-    folder: Path, megabytes: float, lanes: int, window: int, seconds: float
-) -> tuple[LoopFigures, int]:
+def agent_loop(folder: Path, megabytes: float, lanes: int, window: int, seconds: float) -> tuple[LoopFigures, int]:
     """All-reduces of ``megabytes`` float32 by one agent (world size 1) for at least ``seconds``; (figures, W)."""
     with (
         LocalStack(folder).start() as stack,
@@ -146,9 +144,7 @@ def netagg_allreduce(
         if window is not None:
             argv += ["--window", str(window)]
         procs = [
-            subprocess.Popen(
-                argv + ["--rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
+            subprocess.Popen(argv + ["--rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for r in range(world)
         ]
         return _collect(procs, "netagg all-reduce")
@@ -169,9 +165,7 @@ def gloo_allreduce(world: int, megabytes: float) -> list[dict[str, float]]:
         str(megabytes),
     ]
     procs = [
-        subprocess.Popen(
-            argv + ["--rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
-        )
+        subprocess.Popen(argv + ["--rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         for r in range(world)
     ]
     return _collect(procs, "gloo all-reduce")
@@ -251,15 +245,11 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--megabytes", type=float, default=16.0, help="(b)/(c) tensor size per worker, MiB (default 16)"
     )
-    parser.add_argument(
-        "--single-megabytes", type=float, default=4.0, help="(a) tensor size, MiB (default 4)"
-    )
+    parser.add_argument("--single-megabytes", type=float, default=4.0, help="(a) tensor size, MiB (default 4)")
     parser.add_argument("--seconds", type=float, default=10.0, help="(a) timed duration (default 10)")
     parser.add_argument("--lanes", type=int, default=DEFAULT_LANES, choices=[32, 64, 128, 256])
     parser.add_argument(

@@ -54,9 +54,7 @@ def udp_echo(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
     sub.add_parser("afpacket", help="AF_PACKET echo (root)")
     udp = sub.add_parser("udp", help="UDP echo")

@@ -89,6 +89,8 @@ class Figures:
     ignored: int  # frames received that answer no outstanding UPDATE (duplicates, late answers), whole run
     #: CPU seconds of this process per wall second in the timed window (1.0: one core busy).
     generator_cpu: float
+    #: The same for the target process (all its threads); near 1.0 or above: the target is the bottleneck.
+    target_cpu: float
 
     @property
     def pps(self) -> float:
@@ -154,7 +156,7 @@ class Generator:
         _TSI.pack_into(frame, _TSI_AT, tsi)
         self.socks[port].send(frame)
 
-    def run(self, target: str, seconds: float) -> Figures:
+    def run(self, target: str, target_pid: int, seconds: float) -> Figures:
         """Warm up, count for ``seconds``, then stop issuing rounds and wait for what is in flight."""
         window, ports = self.window, self.ports
         full = (1 << len(ports)) - 1
@@ -198,10 +200,16 @@ class Generator:
             now = time.monotonic()
             if not counting and issuing and now >= t_start:
                 counting, results, rounds = True, 0, 0
-                cpu_start = time.process_time()
+                cpu_start, target_start = time.process_time(), process_cpu(target_pid)
             if issuing and now >= t_stop:
                 issuing, counting = False, False
-                measured = (results, rounds, now - t_start, time.process_time() - cpu_start)
+                measured = (
+                    results,
+                    rounds,
+                    now - t_start,
+                    time.process_time() - cpu_start,
+                    process_cpu(target_pid) - target_start,
+                )
                 drain_end = now + DRAIN_S
             if not issuing and (not any(missing) or now >= drain_end):
                 break
@@ -241,10 +249,20 @@ class Generator:
                                 sent += 1
                                 resent += 1
                         sent_at[slot] = now
-        got, done, elapsed, cpu = measured
+        got, done, elapsed, cpu, target_cpu = measured
         unanswered = sum(m.bit_count() for m in missing)
         return Figures(
-            target, self.lanes, elapsed, got, done, sent, resent, unanswered, ignored, cpu / elapsed
+            target,
+            self.lanes,
+            elapsed,
+            got,
+            done,
+            sent,
+            resent,
+            unanswered,
+            ignored,
+            cpu / elapsed,
+            target_cpu / elapsed,
         )
 
 
@@ -269,25 +287,31 @@ def _update_frame(worker: object, job: object, slot: int, values: np.ndarray) ->
     return update_frame(worker.endpoint, AGG, job=job.job, tsi=slot, slot=slot, set=0, lanes=values)  # type: ignore[attr-defined]
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def _echo_target(namespace: str, netns_util: ModuleType) -> Iterator[None]:
+def _echo_target(namespace: str, netns_util: ModuleType) -> Iterator[int]:
     proc = ReadyProcess(
         netns_util.in_namespace(namespace, [sys.executable, "-m", "bench.echo", "afpacket"]), "AF_PACKET echo"
     )
     try:
-        yield
+        yield proc.pid  # `ip netns exec` execs the program: this is the echo's own PID
     finally:
         proc.stop()
 
 
 def _start_target(
     name: str, topology: object, workdir: Path, stack: ExitStack, mods: tuple[ModuleType, ...]
-) -> object | None:
-    """Start ``name`` in ``topology``'s namespace (cleanup pushed on ``stack``); its P4Runtime session, if any."""
+) -> tuple[int, object | None]:
+    """Start ``name`` in ``topology``'s namespace (cleanup pushed on ``stack``); (its PID, its P4Runtime session)."""
     netns_util, targets, program, p4rt = mods
     if name == "echo":
-        stack.enter_context(_echo_target(topology.namespace, netns_util))  # type: ignore[attr-defined]
-        return None
+        pid = stack.enter_context(_echo_target(topology.namespace, netns_util))  # type: ignore[attr-defined]
+        return pid, None
     target = targets.Target(name)
     reason = target.unavailable_reason()
     if reason:
@@ -301,12 +325,11 @@ def _start_target(
     stack.callback(session.close)
     stack.callback(session.delete_multicast_groups)  # BMv2 keeps them across pipeline pushes
     session.modify([program.agg_addr_entry()])
-    return session
+    assert proc.pid is not None
+    return proc.pid, session
 
 
-def measure(
-    lane_counts: list[int], window: int, seconds: float, repeat: int, with_bmv2: bool
-) -> list[Figures]:
+def measure(lane_counts: list[int], window: int, seconds: float, repeat: int, with_bmv2: bool) -> list[Figures]:
     """Best of ``repeat`` runs of every target at every lane count.
 
     Every target runs at once, each in a namespace of its own (an idle target blocks in the kernel), and the
@@ -323,13 +346,15 @@ def measure(
         workdir = Path(tempfile.mkdtemp(prefix="netagg-bench-"))
         stack.callback(shutil.rmtree, workdir, True)
         generators: dict[tuple[str, int], Generator] = {}
+        pids: dict[str, int] = {}
         for name in names:
             topology = netns_util.Topology(tag=tags[name], ports=NUM_WORKERS)
             topology.create()
             stack.callback(topology.close)
             target_dir = workdir / name
             target_dir.mkdir()
-            session = _start_target(name, topology, target_dir, stack, mods)
+            pid, session = _start_target(name, topology, target_dir, stack, mods)
+            pids[name] = pid
             # One socket set per topology, shared by its generators (a second set would queue a copy of every
             # frame while the other generator runs).
             socks = open_port_sockets(dict(zip(port_numbers, topology.test_ifaces, strict=True)), stack)
@@ -343,16 +368,15 @@ def measure(
                     epoch=1,
                 )
                 if session is not None:
-                    session.insert(
-                        program.worker_entries(job) + program.result_entries(job) + [program.job_group(job)]
-                    )
+                    session.insert(program.worker_entries(job) + program.result_entries(job) + [program.job_group(job)])
                 generators[(name, lanes)] = Generator(socks, job, lanes, window)
         for r in range(repeat):
             for (name, lanes), gen in generators.items():
-                figures = gen.run(name, seconds)
+                figures = gen.run(name, pids[name], seconds)
                 print(
                     f"  run {r + 1}/{repeat}: {name} {lanes} lanes: {figures.pps:,.0f} RESULTs/s, "
-                    f"loss {figures.loss:.2%}, generator CPU {figures.generator_cpu:.2f}",
+                    f"loss {figures.loss:.2%}, CPU: generator {figures.generator_cpu:.2f}, "
+                    f"{name} {figures.target_cpu:.2f}",
                     flush=True,
                 )
                 key = (name, lanes)
@@ -396,19 +420,16 @@ def run(
                 (
                     f"{f.pps:>10,.0f} RESULTs/s  ({f.pps / NUM_WORKERS:,.0f} rounds/s, "
                     f"{f.pps * LANE_BYTES * f.lanes / 1e6:.1f} MB/s of lanes)  loss {f.loss:.2%}, "
-                    f"unanswered {f.unanswered}, ignored {f.ignored}, generator CPU {f.generator_cpu:.2f}"
+                    f"unanswered {f.unanswered}, ignored {f.ignored}; CPU: generator {f.generator_cpu:.2f}, "
+                    f"target {f.target_cpu:.2f}"
                 ),
             )
         )
     for lanes in lane_counts:
         sw = by[("softswitch", lanes)]
-        rows.append(
-            (f"softswitch / echo, {lanes} lanes", f"{sw.pps / by[('echo', lanes)].pps:.3f}  (goal >= 0.4)")
-        )
+        rows.append((f"softswitch / echo, {lanes} lanes", f"{sw.pps / by[('echo', lanes)].pps:.3f}  (goal >= 0.4)"))
         if ("bmv2", lanes) in by:
-            rows.append(
-                (f"softswitch / BMv2, {lanes} lanes", f"{sw.pps / by[('bmv2', lanes)].pps:.2f}  (goal >= 4)")
-            )
+            rows.append((f"softswitch / BMv2, {lanes} lanes", f"{sw.pps / by[('bmv2', lanes)].pps:.2f}  (goal >= 4)"))
     if not with_bmv2:
         rows.append(("BMv2", f"not measured: {bmv2_reason or 'disabled (--bmv2 no)'}"))
     rows.append(("load average", " ".join(f"{x:.2f}" for x in os.getloadavg())))
@@ -417,17 +438,11 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--lanes", type=int, nargs="+", default=[64, 256], help="lane counts (default 64 256)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lanes", type=int, nargs="+", default=[64, 256], help="lane counts (default 64 256)")
     parser.add_argument("--window", type=int, default=32, help="slots with a round in flight (default 32)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed window of one run (default 3)")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per target and lane count; best counts (default 3)"
-    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per target and lane count; best counts (default 3)")
     parser.add_argument(
         "--bmv2",
         choices=["auto", "yes", "no"],
