@@ -54,7 +54,7 @@ bench: venv ## speed and memory figures (ratios measured side by side); not part
 	$(PY) -m bench
 
 lint: venv
-	$(VENV)/bin/ruff check . || true
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -344,7 +344,8 @@ class JobManager:
                 if silent:
                     age, rank = max(silent)
                     del self._active[name]
-                    expired.append((active.job, f"rank {rank} was silent for {age:.1f} s (lease {self.lease_seconds:g} s)"))
+                    why = f"rank {rank} was silent for {age:.1f} s (lease {self.lease_seconds:g} s)"
+                    expired.append((active.job, why))
         for job, reason in expired:
             self._teardown(job, reason)
         return [job.name for job, _ in expired]

@@ -2,10 +2,11 @@
 
 finsy provides the encoding, the P4Info schema, the entities and the gRPC client; this module adds the
 lifecycle. At start it pushes the pipeline unconditionally, on a session of its own (that zeroes every register,
-so the controller's per-slot epoch record, which starts empty, is true). Later, whenever finsy (re)connects and becomes primary --
-after a dropped connection or a switch restart -- its ready handler re-installs everything: finsy first pushes
-the pipeline only if the switch does not already run it (cookie check), then ``_reinstall`` inserts the static
-state and every current job, turning ALREADY_EXISTS into MODIFY, so it is right in both cases.
+so the controller's per-slot epoch record, which starts empty, is true). Later, whenever finsy (re)connects and
+becomes primary -- after a dropped connection or a switch restart -- its ready handler re-installs everything:
+finsy first pushes the pipeline only if the switch does not already run it (cookie check), then ``_reinstall``
+inserts the static state and every current job, turning ALREADY_EXISTS into MODIFY, so it is right in both
+cases.
 
 finsy runs on asyncio in a thread of its own; the rest of the controller is threaded and calls the blocking
 methods here. Every P4Runtime failure leaves this module as a ``SwitchError``.
@@ -35,7 +36,6 @@ from finsy import (
     SwitchEvent,
     SwitchOptions,
 )
-
 from finsy.proto import U128, p4r
 
 from .entries import Entity, agg_addr_default, job_entries, job_keys, static_entries

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netagg.constants import AGG_UDP_PORT, PORT_BITS, POOL_SLOTS
+from netagg.constants import AGG_UDP_PORT, POOL_SLOTS, PORT_BITS
 
 from .errors import ConfigError
 

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from sklearn.datasets import make_classification
@@ -42,9 +43,11 @@ def make_data(samples: int, test_size: int, seed: int) -> tuple[TensorDataset, T
         x, y, test_size=test_size, random_state=seed, stratify=y
     )
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
-    as_set = lambda a, b: TensorDataset(
-        torch.tensor((a - mean) / std, dtype=torch.float32), torch.tensor(b, dtype=torch.long)
-    )
+
+    def as_set(features: np.ndarray, labels: np.ndarray) -> TensorDataset:
+        standardized = torch.tensor((features - mean) / std, dtype=torch.float32)
+        return TensorDataset(standardized, torch.tensor(labels, dtype=torch.long))
+
     return as_set(x_train, y_train), as_set(x_test, y_test)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from netagg.host_agent import quantize as q
 from netagg.host_agent.client import DEFAULT_DEADLINE, DEFAULT_LANES, AllReduceClient
 from netagg.host_agent.errors import AgentError
@@ -194,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{report['retransmissions']} retransmissions"
         )
         if args.check:
-            line += f", check {'OK' if report['check']['ok'] else 'FAILED'} (max error {report['check']['max_error']:.3g})"
+            check = report["check"]
+            line += f", check {'OK' if check['ok'] else 'FAILED'} (max error {check['max_error']:.3g})"
         print(line)
     return 0 if report.get("check", {"ok": True})["ok"] else 1
 

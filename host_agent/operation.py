@@ -7,6 +7,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
+
 from netagg.host_agent import quantize as q
 from netagg.host_agent.staging import Staged, Target
 

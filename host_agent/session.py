@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from netagg.host_agent.errors import JoinError
-
 from netagg.constants import AGG_UDP_PORT, MAX_WORKERS, POOL_SLOTS
+from netagg.host_agent.errors import JoinError
 from netagg.wire import size_for_lanes
 
 _MISSING: Any = object()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from netagg.host_agent import quantize as q
 from netagg.host_agent.errors import AgentInputError
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
 from netagg.controller.client import ControllerClient
 from netagg.host_agent.client import DEFAULT_DEADLINE, DEFAULT_LANES, AllReduceClient
 from netagg.host_agent.errors import AgentError

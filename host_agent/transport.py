@@ -29,13 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from netagg.constants import Flag, MsgType
 from netagg.host_agent import quantize as q
 from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout, JobLostError
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JoinResult
 from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
-
-from netagg.constants import Flag, MsgType
 from netagg.wire import (
     EXP_MAX,
     HEADER_BYTES,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+
 from netagg.host_agent import quantize as q
 from netagg.host_agent.cli import rank_data
 

@@ -120,7 +120,9 @@ def l2_entry(mac: str, port: int) -> fy.P4TableEntry:
 
 def arp_entry(ip: str, mac: str) -> fy.P4TableEntry:
     return fy.P4TableEntry(
-        "arp_reply", match=fy.P4TableMatch(target_addr=ip_int(ip)), action=fy.P4TableAction("reply_arp", mac=mac_int(mac))
+        "arp_reply",
+        match=fy.P4TableMatch(target_addr=ip_int(ip)),
+        action=fy.P4TableAction("reply_arp", mac=mac_int(mac)),
     )
 
 

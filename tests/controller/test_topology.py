@@ -35,7 +35,8 @@ def test_parse_defaults(make_topo) -> None:
 @pytest.mark.parametrize(
     ("section", "value", "message"),
     [
-        ("hosts", [{"name": "h", "mac": "02:00:00:00:00:01", "addr": "10.0.0.1", "port": 9}], "not one of the switch ports"),
+        ("hosts", [{"name": "h", "mac": "02:00:00:00:00:01", "addr": "10.0.0.1", "port": 9}],
+         "not one of the switch ports"),
         ("hosts", [{"name": "h", "mac": "nope", "addr": "10.0.0.1", "port": 1}], "not a MAC address"),
         ("hosts", [{"name": "h", "mac": "02:00:00:00:00:01", "addr": "10.0.0.300", "port": 1}], "not an IPv4"),
         ("hosts", [{"name": "h", "mac": "02:00:00:00:00:01", "addr": "10.0.0.1", "port": 1},

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from fake_agg_switch import FakeController, FakeSwitch
+
 from netagg.host_agent import quantize as q
 from netagg.host_agent.client import AllReduceClient
 

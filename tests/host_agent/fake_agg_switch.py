@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 import numpy as np
-from netagg.host_agent.session import JoinResult, SwitchEndpoint
 
 from netagg.constants import MsgType
+from netagg.host_agent.session import JoinResult, SwitchEndpoint
 from netagg.wire import HEADER_BYTES, LANE_DTYPE, WireError, decode, pack_header, size_for_lanes
 
 

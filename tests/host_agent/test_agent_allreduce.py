@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from agent_harness import allreduce_all, assert_close_to_reference, job, run_ranks
 from fake_agg_switch import FakeSwitch, Impairment
+
 from netagg.host_agent.errors import AgentInputError
 
 pytestmark = pytest.mark.loopback

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
-import netagg.controller.client as controller_client
 import numpy as np
 import pytest
 from agent_harness import run_ranks
 from fake_agg_switch import FakeController, FakeSwitch
+
+import netagg.controller.client as controller_client
 from netagg.host_agent import cli
 from netagg.host_agent import quantize as q
 

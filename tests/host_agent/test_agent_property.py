@@ -12,6 +12,7 @@ from agent_harness import WAIT, assert_close_to_reference, job, run_ranks
 from fake_agg_switch import FakeSwitch, Impairment
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from netagg.host_agent.client import AllReduceClient
 
 pytestmark = pytest.mark.loopback

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from agent_harness import WAIT, assert_close_to_reference, run_ranks
+
 from netagg.host_agent.client import AllReduceClient
 from netagg.host_agent.errors import AllReduceTimeout
-
 from netagg.local import LocalStack as Stack
 
 pytestmark = pytest.mark.loopback

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from agent_harness import WAIT, allreduce_all, assert_close_to_reference, job, run_ranks
 from fake_agg_switch import FakeController, FakeSwitch
+
+from netagg.constants import MsgType
 from netagg.host_agent.errors import (
     AgentBrokenError,
     AgentClosedError,
@@ -18,8 +20,6 @@ from netagg.host_agent.errors import (
     AgentInputError,
     AllReduceTimeout,
 )
-
-from netagg.constants import MsgType
 from netagg.wire import HEADER_BYTES, LANE_DTYPE, pack_header
 
 pytestmark = pytest.mark.loopback

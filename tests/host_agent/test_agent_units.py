@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
 from netagg.host_agent.errors import AgentInputError, AllReduceTimeout, JoinError
 from netagg.host_agent.session import JoinResult
 from netagg.host_agent.staging import stage
 from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
-
 from netagg.wire import EXP_MIN, WireError
 
 pytestmark = pytest.mark.unit

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netagg.controller.topology import load_topology
-from netagg.host_agent import quantize as q
-from netagg.host_agent.cli import rank_data
 
 # The demo is not part of the installed distribution: import it from the repository root (`python -m pytest`).
 from examples.mininet import reference
 from examples.mininet import topology as mininet_demo
 from examples.mininet.progress import HostState, JobCounters, ProgressLine
 from netagg.constants import DropReason, JobStat
+from netagg.controller.topology import load_topology
+from netagg.host_agent import quantize as q
+from netagg.host_agent.cli import rank_data
 
 pytestmark = pytest.mark.unit
 

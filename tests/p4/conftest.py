@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import text_format
-
 from finsy.proto import p4i
+from google.protobuf import text_format
 
 REPO = Path(__file__).resolve().parents[2]
 #: The artifacts `make -C p4` writes, relative to the repository root.

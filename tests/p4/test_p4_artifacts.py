@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from finsy.proto import p4i
+
 from netagg import constants as c
 from netagg import wire
 

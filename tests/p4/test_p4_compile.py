@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import text_format
-
 from finsy.proto import p4i
+from google.protobuf import text_format
 
 pytestmark = pytest.mark.p4c
 

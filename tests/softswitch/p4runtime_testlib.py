@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc, rpc_status
 from google.protobuf import text_format
+
+from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS, PORT_BITS
 from netagg.softswitch.codec import encode_u128, encode_uint
 from netagg.softswitch.p4runtime_server import P4RuntimeServer
 from netagg.softswitch.schema import (
@@ -30,8 +32,6 @@ from netagg.softswitch.schema import (
     load_p4info,
 )
 from netagg.softswitch.state import SwitchState
-
-from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS, PORT_BITS
 
 DEVICE_ID = 1
 #: Every wait in these tests ends after this long with an error.

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.state import SwitchState
 from test_pipeline_contract import loaded_pipeline, make_job, udp_frame, update_frame
 
 from netagg.constants import AGG_UDP_PORT, JobStat
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.state import SwitchState
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 from finsy.proto import p4r, rpc_code
+from p4runtime_testlib import DEVICE_ID, Client, Running, insert, netagg_program, running_server
+
 from netagg.softswitch.codec import decode_u128
 from netagg.softswitch.p4runtime_server import P4RuntimeServer
 from netagg.softswitch.state import SwitchState
-from p4runtime_testlib import DEVICE_ID, Client, Running, insert, netagg_program, running_server
 
 pytestmark = pytest.mark.loopback
 

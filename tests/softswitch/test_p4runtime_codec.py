@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from netagg.softswitch.codec import EncodingError, decode_u128, decode_uint, encode_u128, encode_uint
 
 pytestmark = pytest.mark.unit

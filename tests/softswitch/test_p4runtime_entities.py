@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 from finsy.proto import p4r
-from netagg.softswitch.state import Action
 from p4runtime_testlib import Client, Running, delete, insert, modify, running_server
 
 from netagg.constants import FLOOD_MCAST_GROUP, JOB_MCAST_GROUP_BASE, MAX_JOBS, NUM_JOB_STATS, JobStat
+from netagg.softswitch.state import Action
 
 pytestmark = pytest.mark.loopback
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import grpc
 import pytest
 from finsy.proto import p4r
-from netagg.softswitch.state import Action
 from p4runtime_testlib import (
     Client,
     Running,
@@ -22,6 +21,7 @@ from p4runtime_testlib import (
 )
 
 from netagg.constants import FLOOD_MCAST_GROUP
+from netagg.softswitch.state import Action
 
 pytestmark = pytest.mark.loopback
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import finsy as fy
 import pytest
-from netagg.softswitch.state import Action
 from p4runtime_testlib import DEVICE_ID, TIMEOUT_S, running_server
 
 from netagg.constants import FLOOD_MCAST_GROUP, NUM_DROP_REASONS, DropReason
+from netagg.softswitch.state import Action
 
 pytestmark = pytest.mark.loopback
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import grpc
 import pytest
 from finsy.proto import p4r
+from p4runtime_testlib import DEVICE_ID, Client, Running, insert, netagg_program, running_server
+
 from netagg.softswitch.p4runtime_server import P4RuntimeServer
 from netagg.softswitch.state import Action, SwitchState
-from p4runtime_testlib import DEVICE_ID, Client, Running, insert, netagg_program, running_server
 
 pytestmark = pytest.mark.loopback
 

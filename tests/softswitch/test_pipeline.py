@@ -7,8 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.state import Action, SwitchState
 from test_pipeline_contract import (
     AGG_IP,
     AGG_MAC,
@@ -36,6 +34,8 @@ from netagg.constants import (
     JobStat,
     MsgType,
 )
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.state import Action, SwitchState
 from netagg.wire import AGG_OFFSET, decode
 
 pytestmark = pytest.mark.unit

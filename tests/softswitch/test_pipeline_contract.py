@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.state import Action, CounterArray, SwitchState, Table
 
 from netagg.constants import (
     AGG_UDP_PORT,
@@ -29,6 +27,8 @@ from netagg.constants import (
     JobStat,
     MsgType,
 )
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.state import Action, CounterArray, SwitchState, Table
 from netagg.wire import AGG_OFFSET, HEADER_BYTES, LANE_DTYPE, pack_header
 
 pytestmark = pytest.mark.unit
@@ -310,8 +310,9 @@ def test_helper_action_params_are_the_documented_ones() -> None:
 
 def test_helper_state_matches_the_state_the_schema_builds(tmp_path: Path) -> None:
     """The hand-built state has the tables, keys, initial defaults and counters a pushed pipeline gets."""
-    from netagg.softswitch.schema import P4Schema, defaults_from_bmv2_json
     from p4runtime_testlib import netagg_program
+
+    from netagg.softswitch.schema import P4Schema, defaults_from_bmv2_json
 
     program = netagg_program(tmp_path)  # the committed program once compiled, else the contract P4Info
     schema = P4Schema(program.p4info, defaults_from_bmv2_json(program.device_config, program.p4info))

@@ -13,11 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netagg.softswitch.p4runtime_server import P4RuntimeServer
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts
-from netagg.softswitch.state import SwitchState
-from netagg.softswitch.switch import SoftSwitch
 from p4runtime_testlib import DEVICE_ID, Client, insert, modify, netagg_program
 
 from netagg.constants import (
@@ -28,6 +23,11 @@ from netagg.constants import (
     JobStat,
     MsgType,
 )
+from netagg.softswitch.p4runtime_server import P4RuntimeServer
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts
+from netagg.softswitch.state import SwitchState
+from netagg.softswitch.switch import SoftSwitch
 from netagg.wire import AggHeader, decode, encode
 
 pytestmark = pytest.mark.loopback

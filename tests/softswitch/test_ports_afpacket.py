@@ -19,17 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netagg.softswitch import ports as ports_module
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.ports import (
-    ETH_P_ALL,
-    PACKET_IGNORE_OUTGOING,
-    SOL_PACKET,
-    AfPacketPorts,
-    PortError,
-)
-from netagg.softswitch.state import Action
-from netagg.softswitch.switch import SoftSwitch
 from test_pipeline import parse_result, plain_frame, update_frame
 from test_pipeline_contract import (
     contract_state,
@@ -41,6 +30,17 @@ from test_pipeline_contract import (
 )
 
 from netagg.constants import JobStat
+from netagg.softswitch import ports as ports_module
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.ports import (
+    ETH_P_ALL,
+    PACKET_IGNORE_OUTGOING,
+    SOL_PACKET,
+    AfPacketPorts,
+    PortError,
+)
+from netagg.softswitch.state import Action
+from netagg.softswitch.switch import SoftSwitch
 
 pytestmark = pytest.mark.netns
 

@@ -9,10 +9,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from netagg.softswitch.pipeline import Pipeline
-from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts, parse_udp_address
-from netagg.softswitch.state import SwitchState
-from netagg.softswitch.switch import SoftSwitch
 from test_pipeline_contract import (
     Job,
     Worker,
@@ -25,6 +21,10 @@ from test_pipeline_contract import (
 )
 
 from netagg.constants import DropReason, JobStat, MsgType
+from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts, parse_udp_address
+from netagg.softswitch.state import SwitchState
+from netagg.softswitch.switch import SoftSwitch
 from netagg.wire import decode
 
 pytestmark = pytest.mark.loopback

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from finsy.proto import p4i
 from google.protobuf import text_format
+from p4runtime_testlib import Program, contract_p4info, netagg_program
+
+from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS, PORT_BITS
 from netagg.softswitch.schema import (
     REFERENCE_BMV2_JSON,
     REFERENCE_P4INFO,
@@ -18,9 +21,6 @@ from netagg.softswitch.schema import (
     pipeline_differences,
 )
 from netagg.softswitch.state import Action, SwitchState
-from p4runtime_testlib import Program, contract_p4info, netagg_program
-
-from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS, PORT_BITS
 
 pytestmark = pytest.mark.unit
 

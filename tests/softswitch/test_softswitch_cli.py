@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from finsy.proto import p4r, p4r_grpc
+
 from netagg.softswitch.cli import build_parser, main
 from netagg.softswitch.ports import parse_port_spec
 

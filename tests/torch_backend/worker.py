@@ -14,9 +14,10 @@ import os
 import sys
 import time
 
-import netagg.host_agent.torch_backend  # noqa: F401  (registers "netagg")
 import torch
 import torch.distributed as dist
+
+import netagg.host_agent.torch_backend  # noqa: F401  (registers "netagg")
 
 
 def model() -> torch.nn.Module:
