@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             runs["netagg"] = train("netagg", args.workers, args.epochs, args.seed, folder, stack.api)
     gloo, netagg = runs["gloo"]["accuracy"][-1], runs["netagg"]["accuracy"][-1]
     print(f"final test accuracy: gloo {gloo:.2f}%  netagg {netagg:.2f}%  difference {netagg - gloo:+.2f} points")
+    gaps = [abs(a - b) for a, b in zip(runs["gloo"]["loss"], runs["netagg"]["loss"], strict=True)]
+    print(f"per-step training loss, |netagg - gloo|: max {max(gaps):.3g}, mean {sum(gaps) / len(gaps):.3g} "
+          f"over {len(gaps)} steps")
     if args.plot:
         plot(runs, args.plot)
         print(f"wrote {args.plot}")
