@@ -36,6 +36,9 @@ class Operation:
         self.started_at: float | None = None  # first UPDATE sent for it
         self.progress_at = 0.0  # its first UPDATE or its latest RESULT: the deadline counts from here
         self.rows_sent = 0
+        # Plain-int copies read once per packet by the transport thread (indexing numpy per packet costs more).
+        self.block_exps: list[int] = staged.exps.tolist()
+        self.block_nonfinite: list[bool] = staged.nonfinite.tolist()
 
     @property
     def num_blocks(self) -> int:

@@ -1,14 +1,16 @@
 """Retransmission timing: one min-heap of per-slot deadlines and an RTT estimator.
 
-No timer object per packet: sending pushes a ``(deadline, slot, generation)`` tuple; a RESULT just bumps the
-slot's generation, which turns the heap entry stale (it is discarded when it reaches the top). The receive loop
-pops expired entries once per iteration. The lossless path costs one ``heappush`` per packet and nothing per
-RESULT.
+No timer object per packet: a burst of first transmissions pushes one ``(deadline, seq, [(slot, generation),
+...])`` entry for all its slots (they share the send time and the timeout); a RESULT just bumps the slot's
+generation, which turns its item stale (stale items are dropped when their entry reaches the top). The receive
+loop pops expired entries once per iteration. The lossless path costs one ``heappush`` per burst and nothing
+per RESULT.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass
 
 
@@ -55,30 +57,46 @@ class RttEstimator:
 
 
 class DeadlineHeap:
-    """Per-slot retransmission deadlines with lazy invalidation."""
+    """Per-slot retransmission deadlines with lazy invalidation; slots sent together share one entry."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int]] = []
+        # (deadline, tie-breaker, [(slot, generation), ...]); the counter keeps tuples from comparing lists.
+        self._heap: list[tuple[float, int, list[tuple[int, int]]]] = []
+        self._seq = itertools.count()
 
     def push(self, deadline: float, slot: int, generation: int) -> None:
-        heapq.heappush(self._heap, (deadline, slot, generation))
+        heapq.heappush(self._heap, (deadline, next(self._seq), [(slot, generation)]))
+
+    def push_many(self, deadline: float, items: list[tuple[int, int]]) -> None:
+        """One deadline for several ``(slot, generation)`` items; takes ownership of ``items``."""
+        if items:
+            heapq.heappush(self._heap, (deadline, next(self._seq), items))
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 
     def pop_expired(self, now: float) -> list[tuple[int, int]]:
-        """(slot, generation) of every entry due by ``now``; the caller drops stale generations."""
-        due = []
+        """(slot, generation) of every item due by ``now``; the caller drops stale generations."""
+        due: list[tuple[int, int]] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, slot, generation = heapq.heappop(heap)
-            due.append((slot, generation))
+            due.extend(heapq.heappop(heap)[2])
         return due
 
     def discard_stale(self, current: list[int]) -> None:
-        """Drop stale entries from the top, so ``next_deadline`` does not wake the loop for nothing."""
+        """Drop stale items from the top entry, so ``next_deadline`` does not wake the loop for nothing."""
         heap = self._heap
-        while heap and heap[0][2] != current[heap[0][1]]:
+        while heap:
+            items = heap[0][2]
+            # Results mostly arrive in send order: trim from the front and stop at the first live item, which
+            # keeps this amortized O(1) per item.
+            i, n = 0, len(items)
+            while i < n and current[items[i][0]] != items[i][1]:
+                i += 1
+            if i < n:
+                if i:
+                    del items[:i]
+                return
             heapq.heappop(heap)
 
     def __len__(self) -> int:

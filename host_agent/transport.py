@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from netagg.constants import Flag, MsgType
+from netagg.constants import FLAGS_DEFINED, Flag, MsgType
 from netagg.host_agent import quantize as q
 from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout, JobLostError
 from netagg.host_agent.operation import Operation
@@ -40,10 +40,12 @@ from netagg.wire import (
     EXP_MAX,
     HEADER_BYTES,
     LANE_DTYPE,
-    WireError,
+    SLOT_MAX,
+    header_byte0,
+    header_struct,
     message_bytes,
     pack_header,
-    unpack_header,
+    pool_index,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ EXP_UNKNOWN = EXP_MAX
 
 _TSI_MASK = 0xFFFFFFFF
 _NONFINITE = int(Flag.NONFINITE)
+_UNDEFINED_FLAGS = ~FLAGS_DEFINED & 0xFF
+_HEADER = header_struct()
 
 
 class Phase(enum.IntEnum):
@@ -62,6 +66,10 @@ class Phase(enum.IntEnum):
     READY = 1  # holds the shared exponent of the next chunk, which is queued
     WARMUP_OUT = 2  # a warm-up round is in flight
     DATA_OUT = 3  # a data round is in flight
+
+
+# Plain ints for the per-packet paths (comparing enum members costs attribute lookups there).
+_NEED_WARMUP, _READY, _WARMUP_OUT, _DATA_OUT = (int(p) for p in Phase)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +99,9 @@ class TransportStats:
     results: int = 0
     duplicate_results: int = 0  # valid RESULTs for a round already finished (or not ours)
     malformed: int = 0  # datagrams that are not a RESULT of this job with our size
-    foreign: int = 0  # datagrams from an address other than the switch's
+    # Datagrams from an address other than the switch's that were queued before the socket was connected to
+    # the switch; afterwards the kernel drops them (and answers ICMP port unreachable) before they reach us.
+    foreign: int = 0
 
 
 class Transport:
@@ -123,8 +133,15 @@ class Transport:
 
         w = config.window
         self._w = w
-        self._phase = [Phase.NEED_WARMUP] * w
+        self._phase = [_NEED_WARMUP] * w
         self._round = [0] * w  # round number j of the slot's current (or next) round
+        # Header fields of each slot's current round, kept in step with _round (see _next_round).
+        self._pools = [(pool_index(s, 0), pool_index(s, 1)) for s in range(w)]
+        self._tsi = list(range(w))  # (j * W + s) mod 2**32
+        self._pool = [pools[0] for pools in self._pools]  # pool_index(s, j % 2)
+        self._update_b0 = header_byte0(MsgType.UPDATE, self._size)
+        self._result_b0 = header_byte0(MsgType.RESULT, self._size)
+        self._job_id = session.job_id
         self._shared_exp = [0] * w
         self._queue: list[deque[list]] = [deque() for _ in range(w)]  # entries [op, row]: chunks for the slot
         self._out_op: list[Operation | None] = [None] * w
@@ -138,8 +155,13 @@ class Transport:
         self._generation = [0] * w
         self._pkt = [bytearray(self._msg_len) for _ in range(w)]
         self._pkt_lanes = [np.frombuffer(p, dtype=LANE_DTYPE, offset=HEADER_BYTES) for p in self._pkt]
+        for s, pkt in enumerate(self._pkt):
+            # Validates the fields that never change (size, job, slot) once; per packet only the Struct packs.
+            pack_header(pkt, 0, msg_type=MsgType.UPDATE, size=self._size, job=self._job_id, tsi=s, slot=s, set=0,
+                        exp=0)  # fmt: skip
         self._pending: set[int] = set()  # slots that may be able to send
         self._timers = DeadlineHeap()
+        self._armed: list[tuple[int, int]] = []  # (slot, generation) first sent in this pass: one timer entry
         self._rtt = RttEstimator(config.rto)
         self._rng = random.Random(config.loss_seed)
 
@@ -166,6 +188,13 @@ class Transport:
                 sock.setsockopt(socket.SOL_SOCKET, opt, config.socket_buffer)
             except OSError:  # pragma: no cover - a smaller buffer only means more retransmissions
                 log.warning("could not set socket buffer option %s to %d", opt, config.socket_buffer)
+        # Connected: send() skips the per-call address parsing and route lookup of sendto(), and the kernel
+        # delivers only the switch's datagrams, so recv_into() needs no source check.
+        sock.connect(self._dst)
+        self._drain_unconnected()
+        self._send = sock.send
+        self._recv_into = sock.recv_into
+        self._loss = config.loss
 
     # --- any thread ----------------------------------------------------------------------------------------
 
@@ -255,12 +284,9 @@ class Transport:
             pass
 
     def _drain_submissions(self) -> None:
-        while True:
-            try:
-                op = self._submissions.get_nowait()
-            except queue.Empty:
-                return
-            self._enqueue(op)
+        submissions = self._submissions
+        while not submissions.empty():  # one consumer: a non-empty queue stays non-empty until we get()
+            self._enqueue(submissions.get_nowait())
 
     def _enqueue(self, op: Operation) -> None:
         """Give the operation its global chunk range and append its rows to the slots' queues."""
@@ -278,53 +304,89 @@ class Transport:
 
     # --- receive -------------------------------------------------------------------------------------------
 
+    def _drain_unconnected(self) -> None:
+        """Discard what reached the socket before it was connected to the switch, counting it.
+
+        Nothing is in flight yet, so no datagram queued before can complete a round: the switch's count as
+        malformed or duplicate RESULTs (as they would later), anyone else's as foreign.
+        """
+        stats = self.stats
+        while True:
+            try:
+                n, src = self._sock.recvfrom_into(self._rbuf)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                continue
+            if src != self._dst:
+                stats.foreign += 1
+            elif self._well_formed(n):
+                stats.duplicate_results += 1
+            else:
+                stats.malformed += 1
+
+    def _well_formed(self, n: int) -> bool:
+        """Whether the ``n`` bytes in the receive buffer are a RESULT of this job, size and window."""
+        if n != self._msg_len:
+            return False
+        b0, job, _, pool, _, flags = _HEADER.unpack_from(self._rbuf)
+        return (
+            b0 == self._result_b0
+            and job == self._job_id
+            and not flags & _UNDEFINED_FLAGS
+            and (pool & SLOT_MAX) < self._w
+        )
+
     def _receive(self, budget: int) -> None:
-        sock, rbuf, msg_len, stats = self._sock, self._rbuf, self._msg_len, self.stats
-        switch_addr = self._dst
+        # The checks of _well_formed, inlined: this runs once per packet.
+        recv_into, rbuf, msg_len, stats = self._recv_into, self._rbuf, self._msg_len, self.stats
+        unpack = _HEADER.unpack_from
+        result_b0, job_id, w = self._result_b0, self._job_id, self._w
+        phases, tsis, pools = self._phase, self._tsi, self._pool
+        now = 0.0
+        rtt_sampled = False  # one RTT sample per pass is plenty, and spares a float update per packet
         for _ in range(budget):
             try:
-                n, src = sock.recvfrom_into(rbuf)
+                n = recv_into(rbuf)
             except BlockingIOError:
                 return
             except ConnectionRefusedError:
                 continue  # ICMP port unreachable after an earlier send: the switch is not up (yet)
-            if src != switch_addr:
-                stats.foreign += 1  # only the switch's aggregation address may deliver RESULTs
-                continue
             if n != msg_len:
                 stats.malformed += 1
                 continue
-            try:
-                h = unpack_header(rbuf)
-            except WireError:
+            b0, job, tsi, pool, exp, flags = unpack(rbuf)
+            # b0 holds msg_type, the reserved bit and the size code: one comparison checks all three.
+            if b0 != result_b0 or job != job_id or flags & _UNDEFINED_FLAGS:
                 stats.malformed += 1
                 continue
-            if h.msg_type != MsgType.RESULT or h.job != self.session.job_id or h.size != self._size:
+            s = pool & SLOT_MAX
+            if s >= w:
                 stats.malformed += 1
                 continue
-            s = h.slot
-            if s >= self._w:
-                stats.malformed += 1
-                continue
-            phase = self._phase[s]
-            j = self._round[s]
-            if phase < Phase.WARMUP_OUT or h.tsi != (j * self._w + s) & _TSI_MASK or h.set != j & 1:
+            phase = phases[s]
+            if phase < _WARMUP_OUT or tsi != tsis[s] or pool != pools[s]:  # pool also holds the set bit
                 stats.duplicate_results += 1
                 continue
             stats.results += 1
-            self._complete_round(s, phase, h.exp, h.flags)
+            if not now:
+                now = time.monotonic()  # once per pass: the datagrams were all queued by then
+            if self._attempts[s] == 0:
+                if not rtt_sampled:
+                    self._rtt.sample(now - self._sent_at[s])
+                    rtt_sampled = True
+                self._retx_share -= self._retx_share / w
+            else:
+                self._retx_share += (1.0 - self._retx_share) / w
+            self._complete_round(s, phase, exp, flags, now)
 
-    def _complete_round(self, s: int, phase: Phase, exp: int, flags: int) -> None:
-        now = time.monotonic()
+    def _complete_round(self, s: int, phase: int, exp: int, flags: int, now: float) -> None:
         self._last_result = now
-        if self._attempts[s] == 0:
-            self._rtt.sample(now - self._sent_at[s])
-            self._retx_share -= self._retx_share / self._w
-        else:
-            self._retx_share += (1.0 - self._retx_share) / self._w
         self._generation[s] += 1  # invalidates the slot's pending retransmission deadline
-        self._round[s] += 1
-        if phase == Phase.DATA_OUT:
+        j = self._round[s] = self._round[s] + 1
+        self._tsi[s] = (j * self._w + s) & _TSI_MASK
+        self._pool[s] = self._pools[s][j & 1]
+        if phase == _DATA_OUT:
             op = self._out_op[s]
             assert op is not None
             row = self._out_row[s]
@@ -337,19 +399,19 @@ class Transport:
                 del self._active[op.index]
                 self._on_complete(op)
             if exp == EXP_UNKNOWN:
-                self._phase[s] = Phase.NEED_WARMUP
+                self._phase[s] = _NEED_WARMUP
             elif not self._queue[s]:
                 raise RuntimeError(
                     f"protocol error on slot {s}: the RESULT of round tsi "
-                    f"{((self._round[s] - 1) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
+                    f"{((j - 1) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
                     "chunk this worker announced as unknown (do all workers use the same window and issue the "
                     "same all-reduces?)"
                 )
             else:
-                self._phase[s] = Phase.READY
+                self._phase[s] = _READY
                 self._shared_exp[s] = exp
         else:  # warm-up: the exponent is for the chunk it announced; a data round always follows
-            self._phase[s] = Phase.READY
+            self._phase[s] = _READY
             self._shared_exp[s] = exp
         self._pending.add(s)
 
@@ -361,7 +423,7 @@ class Transport:
         if not qd:
             return EXP_UNKNOWN
         op, row = qd[0]
-        return int(op.staged.exps[row])
+        return op.block_exps[row]
 
     def _advance(self, s: int) -> None:
         """Pop the slot's head chunk."""
@@ -377,20 +439,23 @@ class Transport:
         by_op: dict[int, list[int]] = {}
         for s in self._pending:
             phase = self._phase[s]
-            if phase == Phase.READY:
+            if phase == _READY:
                 op = self._queue[s][0][0]  # READY implies the announced chunk is queued
                 by_op.setdefault(op.index, []).append(s)
-            elif phase == Phase.NEED_WARMUP and self._queue[s]:
+            elif phase == _NEED_WARMUP and self._queue[s]:
                 self._send_warmup(s, now)
         self._pending.clear()
         for slots in by_op.values():
             self._send_data(slots, now)
+        # Every first transmission of this pass shares the send time and the timeout: one timer entry for all.
+        self._timers.push_many(now + self._rtt.rto, self._armed)
+        self._armed = []
 
     def _send_warmup(self, s: int, now: float) -> None:
         op = self._queue[s][0][0]
         self._pkt_lanes[s].fill(0)
-        self._pack(s, exp=self._announce(s), flags=0)
-        self._phase[s] = Phase.WARMUP_OUT
+        self._pack(s, self._announce(s), 0)
+        self._phase[s] = _WARMUP_OUT
         if op.started_at is None:
             op.started_at = op.progress_at = now
         self.stats.warmups_sent += 1
@@ -398,8 +463,9 @@ class Transport:
 
     def _send_data(self, slots: list[int], now: float) -> None:
         """Quantize the head chunks of ``slots`` (all of one operation) in one call and send them."""
-        op = self._queue[slots[0]][0][0]
-        rows = np.fromiter((self._queue[s][0][1] for s in slots), dtype=np.intp, count=len(slots))
+        queues = self._queue
+        op = queues[slots[0]][0][0]
+        rows = np.fromiter((queues[s][0][1] for s in slots), dtype=np.intp, count=len(slots))
         shared = np.fromiter((self._shared_exp[s] for s in slots), dtype=np.int16, count=len(slots))
         staged = op.staged
         if staged.exact:
@@ -415,46 +481,36 @@ class Transport:
             payload = q.quantize(staged.blocks[rows], shared, self._n, own=(own, staged.nonfinite[rows]))
         if op.started_at is None:
             op.started_at = op.progress_at = now
-        for i, s in enumerate(slots):
-            row = int(rows[i])
-            self._pkt_lanes[s][:] = payload[i]
-            op.used_exps[row] = shared[i]
-            op.rows_sent += 1
-            self._out_op[s] = op
-            self._out_row[s] = row
+        op.used_exps[rows] = shared
+        op.rows_sent += len(slots)
+        nonfinite = op.block_nonfinite
+        pkt_lanes, phases, out_op, out_row = self._pkt_lanes, self._phase, self._out_op, self._out_row
+        for s, row, lanes in zip(slots, rows.tolist(), payload):
+            pkt_lanes[s][:] = lanes
+            out_op[s] = op
+            out_row[s] = row
             self._advance(s)
-            self._pack(s, exp=self._announce(s), flags=_NONFINITE if staged.nonfinite[row] else 0)
-            self._phase[s] = Phase.DATA_OUT
+            self._pack(s, self._announce(s), _NONFINITE if nonfinite[row] else 0)
+            phases[s] = _DATA_OUT
             self._first_send(s, now)
 
-    def _pack(self, s: int, *, exp: int, flags: int) -> None:
-        j = self._round[s]
-        pack_header(
-            self._pkt[s],
-            0,
-            msg_type=MsgType.UPDATE,
-            size=self._size,
-            job=self.session.job_id,
-            tsi=(j * self._w + s) & _TSI_MASK,
-            slot=s,
-            set=j & 1,
-            exp=exp,
-            flags=flags,
-        )
+    def _pack(self, s: int, exp: int, flags: int) -> None:
+        """Write the header of the slot's current round (its constant fields were validated at start)."""
+        _HEADER.pack_into(self._pkt[s], 0, self._update_b0, self._job_id, self._tsi[s], self._pool[s], exp, flags)
 
     def _first_send(self, s: int, now: float) -> None:
+        """Send the slot's round for the first time; _send_pending arms the timers of the whole pass."""
         self._attempts[s] = 0
         self._sent_at[s] = self._last_tx[s] = now
-        rto = self._rtt.rto
-        self._slot_rto[s] = rto
-        self._timers.push(now + rto, s, self._generation[s])
+        self._slot_rto[s] = self._rtt.rto
+        self._armed.append((s, self._generation[s]))
         self._transmit(s)
 
     def _retransmit_expired(self, now: float) -> None:
         gen = self._generation
         fired = False
         for s, g in self._timers.pop_expired(now):
-            if g != gen[s] or self._phase[s] < Phase.WARMUP_OUT:
+            if g != gen[s] or self._phase[s] < _WARMUP_OUT:
                 continue
             fired = True
             self._attempts[s] += 1
@@ -477,11 +533,11 @@ class Transport:
 
     def _transmit(self, s: int) -> None:
         stats = self.stats
-        if self.config.loss and self._rng.random() < self.config.loss:
+        if self._loss and self._rng.random() < self._loss:
             stats.dropped_on_purpose += 1
             return
         try:
-            self._sock.sendto(self._pkt[s], self._dst)
+            self._send(self._pkt[s])
         except BlockingIOError:
             stats.send_buffer_full += 1  # as good as lost: the retransmission timer covers it
             return

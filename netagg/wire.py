@@ -182,3 +182,22 @@ def encode(header: AggHeader, lanes: np.ndarray) -> bytes:
     )
     np.frombuffer(buf, dtype=LANE_DTYPE, offset=HEADER_BYTES)[:] = lanes
     return bytes(buf)
+
+
+def header_struct() -> struct.Struct:
+    """The header's precompiled ``struct.Struct``: (byte 0, job, tsi, pool_index, exp, flags) as plain ints.
+
+    For per-packet paths that validate their constant fields once (with ``pack_header``) and then pack or
+    unpack raw ints; build byte 0 and pool_index with ``header_byte0`` and ``pool_index``.
+    """
+    return _HEADER
+
+
+def header_byte0(msg_type: int, size: int) -> int:
+    """Byte 0 of a header as ``header_struct`` packs it: msg_type, reserved bit clear, size code."""
+    return (msg_type << 4) | size
+
+
+def pool_index(slot: int, set: int) -> int:  # noqa: A002 - the protocol's own name for the copy bit
+    """The 16-bit pool_index field (set:1 | slot:15) as ``header_struct`` packs it."""
+    return (set << 15) | slot
