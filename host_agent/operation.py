@@ -10,13 +10,14 @@ import numpy as np
 
 from netagg.host_agent import quantize as q
 from netagg.host_agent.staging import Staged, Target
+from netagg.wire import LANE_DTYPE
 
 
 class Operation:
     """State of one all-reduce between submission and completion.
 
-    The transport thread writes ``sums``, ``used_exps`` and ``result_nonfinite`` row by row (one row per
-    RESULT); ``finish`` runs once every row has arrived, on the completion thread.
+    The transport thread writes ``sums`` (through ``sum_bytes``), ``used_exps`` and ``result_nonfinite`` row by
+    row (one row per RESULT); ``finish`` runs once every row has arrived, on the completion thread.
     """
 
     def __init__(self, index: int, staged: Staged, target: Target, num_workers: int) -> None:
@@ -26,9 +27,12 @@ class Operation:
         self.num_workers = num_workers
         m, lanes = staged.blocks.shape
         self.first_chunk = -1  # global data-chunk index of row 0, assigned by the transport thread
-        self.sums = np.empty((m, lanes), dtype=np.int32)
+        # Summed lanes as they came on the wire (big-endian): the transport thread copies each RESULT's payload
+        # bytes into ``sum_bytes`` and ``finish`` byte-swaps them all at once, off that thread.
+        self.sum_bytes = bytearray(m * lanes * LANE_DTYPE.itemsize)
+        self.sums = np.frombuffer(self.sum_bytes, dtype=LANE_DTYPE).reshape(m, lanes)
         self.used_exps = np.zeros(m, dtype=np.int8)  # shared exponent each row was quantized with
-        self.result_nonfinite = np.zeros(m, dtype=bool)
+        self.result_nonfinite = np.zeros(m, dtype=bool)  # written only for flagged rows (each row arrives once)
         self.done = np.zeros(m, dtype=bool)
         self.remaining = m
         self.future: Future[Any] = Future()
@@ -36,6 +40,7 @@ class Operation:
         self.started_at: float | None = None  # first UPDATE sent for it
         self.progress_at = 0.0  # its first UPDATE or its latest RESULT: the deadline counts from here
         self.rows_sent = 0
+        self.blocks = m  # num_blocks as a plain attribute, for per-packet use
         # Plain-int copies read once per packet by the transport thread (indexing numpy per packet costs more).
         self.block_exps: list[int] = staged.exps.tolist()
         self.block_nonfinite: list[bool] = staged.nonfinite.tolist()
@@ -48,7 +53,7 @@ class Operation:
         """Dequantize the sums and hand them to the caller's target; returns the all-reduce's value."""
         staged = self.staged
         if staged.exact:
-            flat = self.sums.reshape(-1)[: staged.count]
+            flat = self.sums.reshape(-1)[: staged.count].astype(np.int32)  # native byte order for the caller
         else:
             out = staged.blocks  # no longer needed: every row has been quantized and sent
             q.dequantize(self.sums, self.used_exps, self.num_workers, self.result_nonfinite, out=out)

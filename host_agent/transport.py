@@ -155,6 +155,7 @@ class Transport:
         self._generation = [0] * w
         self._pkt = [bytearray(self._msg_len) for _ in range(w)]
         self._pkt_lanes = [np.frombuffer(p, dtype=LANE_DTYPE, offset=HEADER_BYTES) for p in self._pkt]
+        self._pkt_payload = [memoryview(p)[HEADER_BYTES:] for p in self._pkt]
         for s, pkt in enumerate(self._pkt):
             # Validates the fields that never change (size, job, slot) once; per packet only the Struct packs.
             pack_header(pkt, 0, msg_type=MsgType.UPDATE, size=self._size, job=self._job_id, tsi=s, slot=s, set=0,
@@ -166,7 +167,8 @@ class Transport:
         self._rng = random.Random(config.loss_seed)
 
         self._rbuf = bytearray(self._msg_len + 64)  # larger than a message, so oversized datagrams are seen
-        self._rlanes = np.frombuffer(self._rbuf, dtype=LANE_DTYPE, count=self._lanes, offset=HEADER_BYTES)
+        self._rpayload = memoryview(self._rbuf)[HEADER_BYTES : self._msg_len]
+        self._payload_bytes = self._msg_len - HEADER_BYTES
 
         self._next_chunk = 0  # global index of the next submitted chunk
         self._active: dict[int, Operation] = {}  # submitted, not completed, by operation index
@@ -391,8 +393,10 @@ class Transport:
             assert op is not None
             row = self._out_row[s]
             self._out_op[s] = None
-            op.sums[row] = self._rlanes  # byte-swaps from the wire's big-endian
-            op.result_nonfinite[row] = bool(flags & _NONFINITE)
+            nb = self._payload_bytes
+            op.sum_bytes[row * nb : (row + 1) * nb] = self._rpayload  # wire bytes; finish() byte-swaps
+            if flags & _NONFINITE:
+                op.result_nonfinite[row] = True
             op.progress_at = now
             op.remaining -= 1
             if op.remaining == 0:
@@ -430,7 +434,7 @@ class Transport:
         qd = self._queue[s]
         entry = qd[0]
         entry[1] += self._w
-        if entry[1] >= entry[0].num_blocks:
+        if entry[1] >= entry[0].blocks:
             qd.popleft()
 
     def _send_pending(self, now: float) -> None:
@@ -483,16 +487,39 @@ class Transport:
             op.started_at = op.progress_at = now
         op.used_exps[rows] = shared
         op.rows_sent += len(slots)
+        # Big-endian once for the whole batch; then each packet takes its bytes with one slice copy.
+        wire = memoryview(np.ascontiguousarray(payload, dtype=LANE_DTYPE).view(np.uint8).reshape(-1))
+        nb = self._payload_bytes
         nonfinite = op.block_nonfinite
-        pkt_lanes, phases, out_op, out_row = self._pkt_lanes, self._phase, self._out_op, self._out_row
-        for s, row, lanes in zip(slots, rows.tolist(), payload):
-            pkt_lanes[s][:] = lanes
+        pkts, pkt_payload, phases = self._pkt, self._pkt_payload, self._phase
+        out_op, out_row, w, b0, job_id = self._out_op, self._out_row, self._w, self._update_b0, self._job_id
+        tsis, pools, pack_into = self._tsi, self._pool, _HEADER.pack_into
+        attempts, sent_at, last_tx, slot_rto, gen, armed = (
+            self._attempts, self._sent_at, self._last_tx, self._slot_rto, self._generation, self._armed
+        )
+        rto = self._rtt.rto
+        # The bodies of _advance, _announce, _pack and _first_send, inlined: this runs once per packet.
+        for i, (s, row) in enumerate(zip(slots, rows.tolist())):
+            pkt_payload[s][:] = wire[i * nb : (i + 1) * nb]
             out_op[s] = op
             out_row[s] = row
-            self._advance(s)
-            self._pack(s, self._announce(s), _NONFINITE if nonfinite[row] else 0)
+            qd = queues[s]
+            entry = qd[0]
+            entry[1] += w
+            if entry[1] >= entry[0].blocks:
+                qd.popleft()
+            if qd:
+                nxt, nxt_row = qd[0]
+                exp = nxt.block_exps[nxt_row]
+            else:
+                exp = EXP_UNKNOWN
+            pack_into(pkts[s], 0, b0, job_id, tsis[s], pools[s], exp, _NONFINITE if nonfinite[row] else 0)
             phases[s] = _DATA_OUT
-            self._first_send(s, now)
+            attempts[s] = 0
+            sent_at[s] = last_tx[s] = now
+            slot_rto[s] = rto
+            armed.append((s, gen[s]))
+            self._transmit(s)
 
     def _pack(self, s: int, exp: int, flags: int) -> None:
         """Write the header of the slot's current round (its constant fields were validated at start)."""
