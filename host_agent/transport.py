@@ -340,84 +340,95 @@ class Transport:
         )
 
     def _receive(self, budget: int) -> None:
-        # The checks of _well_formed, inlined: this runs once per packet.
+        """Take up to ``budget`` datagrams off the socket and complete the rounds they answer."""
+        # The checks of _well_formed and the bookkeeping of a finished round, inlined: this runs once per packet.
         recv_into, rbuf, msg_len, stats = self._recv_into, self._rbuf, self._msg_len, self.stats
         unpack = _HEADER.unpack_from
         result_b0, job_id, w = self._result_b0, self._job_id, self._w
-        phases, tsis, pools = self._phase, self._tsi, self._pool
+        phases, tsis, pools, attempts = self._phase, self._tsi, self._pool, self._attempts
+        rounds, slot_pools, generation, pending = self._round, self._pools, self._generation, self._pending
+        out_op, out_row, shared_exp, queues = self._out_op, self._out_row, self._shared_exp, self._queue
+        payload, nb = self._rpayload, self._payload_bytes
         now = 0.0
         rtt_sampled = False  # one RTT sample per pass is plenty, and spares a float update per packet
-        for _ in range(budget):
-            try:
-                n = recv_into(rbuf)
-            except BlockingIOError:
-                return
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable after an earlier send: the switch is not up (yet)
-            if n != msg_len:
-                stats.malformed += 1
-                continue
-            b0, job, tsi, pool, exp, flags = unpack(rbuf)
-            # b0 holds msg_type, the reserved bit and the size code: one comparison checks all three.
-            if b0 != result_b0 or job != job_id or flags & _UNDEFINED_FLAGS:
-                stats.malformed += 1
-                continue
-            s = pool & SLOT_MAX
-            if s >= w:
-                stats.malformed += 1
-                continue
-            phase = phases[s]
-            if phase < _WARMUP_OUT or tsi != tsis[s] or pool != pools[s]:  # pool also holds the set bit
-                stats.duplicate_results += 1
-                continue
-            stats.results += 1
-            if not now:
-                now = time.monotonic()  # once per pass: the datagrams were all queued by then
-            if self._attempts[s] == 0:
-                if not rtt_sampled:
-                    self._rtt.sample(now - self._sent_at[s])
-                    rtt_sampled = True
-                self._retx_share -= self._retx_share / w
-            else:
-                self._retx_share += (1.0 - self._retx_share) / w
-            self._complete_round(s, phase, exp, flags, now)
+        share = self._retx_share
+        accepted = 0
+        try:
+            for _ in range(budget):
+                try:
+                    n = recv_into(rbuf)
+                except BlockingIOError:
+                    return
+                except ConnectionRefusedError:
+                    continue  # ICMP port unreachable after an earlier send: the switch is not up (yet)
+                if n != msg_len:
+                    stats.malformed += 1
+                    continue
+                b0, job, tsi, pool, exp, flags = unpack(rbuf)
+                # b0 holds msg_type, the reserved bit and the size code: one comparison checks all three.
+                if b0 != result_b0 or job != job_id or flags & _UNDEFINED_FLAGS:
+                    stats.malformed += 1
+                    continue
+                s = pool & SLOT_MAX
+                if s >= w:
+                    stats.malformed += 1
+                    continue
+                phase = phases[s]
+                if phase < _WARMUP_OUT or tsi != tsis[s] or pool != pools[s]:  # pool also holds the set bit
+                    stats.duplicate_results += 1
+                    continue
+                # The round is complete.
+                accepted += 1
+                if not now:
+                    now = time.monotonic()  # once per pass: the datagrams were all queued by then
+                    self._last_result = now
+                if attempts[s] == 0:
+                    if not rtt_sampled:
+                        self._rtt.sample(now - self._sent_at[s])
+                        rtt_sampled = True
+                    share -= share / w
+                else:
+                    share += (1.0 - share) / w
+                generation[s] += 1  # invalidates the slot's pending retransmission deadline
+                j = rounds[s] = rounds[s] + 1
+                tsis[s] = (j * w + s) & _TSI_MASK
+                pools[s] = slot_pools[s][j & 1]
+                if phase == _DATA_OUT:
+                    op = out_op[s]
+                    assert op is not None
+                    row = out_row[s]
+                    out_op[s] = None
+                    op.sum_bytes[row * nb : (row + 1) * nb] = payload  # wire bytes; finish() byte-swaps
+                    if flags & _NONFINITE:
+                        op.result_nonfinite[row] = True
+                    op.progress_at = now
+                    op.remaining -= 1
+                    if op.remaining == 0:
+                        del self._active[op.index]
+                        self._on_complete(op)
+                    if exp == EXP_UNKNOWN:
+                        phases[s] = _NEED_WARMUP
+                    elif not queues[s]:
+                        raise self._unannounced_exponent(s)
+                    else:
+                        phases[s] = _READY
+                        shared_exp[s] = exp
+                else:  # warm-up: the exponent is for the chunk it announced; a data round always follows
+                    phases[s] = _READY
+                    shared_exp[s] = exp
+                pending.add(s)
+        finally:
+            self._retx_share = share
+            stats.results += accepted
 
-    def _complete_round(self, s: int, phase: int, exp: int, flags: int, now: float) -> None:
-        self._last_result = now
-        self._generation[s] += 1  # invalidates the slot's pending retransmission deadline
-        j = self._round[s] = self._round[s] + 1
-        self._tsi[s] = (j * self._w + s) & _TSI_MASK
-        self._pool[s] = self._pools[s][j & 1]
-        if phase == _DATA_OUT:
-            op = self._out_op[s]
-            assert op is not None
-            row = self._out_row[s]
-            self._out_op[s] = None
-            nb = self._payload_bytes
-            op.sum_bytes[row * nb : (row + 1) * nb] = self._rpayload  # wire bytes; finish() byte-swaps
-            if flags & _NONFINITE:
-                op.result_nonfinite[row] = True
-            op.progress_at = now
-            op.remaining -= 1
-            if op.remaining == 0:
-                del self._active[op.index]
-                self._on_complete(op)
-            if exp == EXP_UNKNOWN:
-                self._phase[s] = _NEED_WARMUP
-            elif not self._queue[s]:
-                raise RuntimeError(
-                    f"protocol error on slot {s}: the RESULT of round tsi "
-                    f"{((j - 1) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
-                    "chunk this worker announced as unknown (do all workers use the same window and issue the "
-                    "same all-reduces?)"
-                )
-            else:
-                self._phase[s] = _READY
-                self._shared_exp[s] = exp
-        else:  # warm-up: the exponent is for the chunk it announced; a data round always follows
-            self._phase[s] = _READY
-            self._shared_exp[s] = exp
-        self._pending.add(s)
+    def _unannounced_exponent(self, s: int) -> RuntimeError:
+        """The error for a RESULT that gives slot ``s`` a shared exponent although it announced none."""
+        return RuntimeError(
+            f"protocol error on slot {s}: the RESULT of round tsi "
+            f"{((self._round[s] - 1) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
+            "chunk this worker announced as unknown (do all workers use the same window and issue the "
+            "same all-reduces?)"
+        )
 
     # --- send ----------------------------------------------------------------------------------------------
 
@@ -498,7 +509,8 @@ class Transport:
             self._attempts, self._sent_at, self._last_tx, self._slot_rto, self._generation, self._armed
         )
         rto = self._rtt.rto
-        # The bodies of _advance, _announce, _pack and _first_send, inlined: this runs once per packet.
+        send, loss, sent = self._send, self._loss, 0
+        # The bodies of _advance, _announce, _pack, _first_send and _transmit, inlined: this runs once per packet.
         for i, (s, row) in enumerate(zip(slots, rows.tolist())):
             pkt_payload[s][:] = wire[i * nb : (i + 1) * nb]
             out_op[s] = op
@@ -519,7 +531,17 @@ class Transport:
             sent_at[s] = last_tx[s] = now
             slot_rto[s] = rto
             armed.append((s, gen[s]))
-            self._transmit(s)
+            if loss and self._rng.random() < loss:
+                self.stats.dropped_on_purpose += 1
+                continue
+            try:
+                send(pkts[s])
+            except OSError as exc:
+                self._send_failed(exc)
+            else:
+                sent += 1
+        self.stats.updates_sent += sent
+        self.stats.bytes_sent += sent * self._msg_len
 
     def _pack(self, s: int, exp: int, flags: int) -> None:
         """Write the header of the slot's current round (its constant fields were validated at start)."""
@@ -565,16 +587,18 @@ class Transport:
             return
         try:
             self._send(self._pkt[s])
-        except BlockingIOError:
-            stats.send_buffer_full += 1  # as good as lost: the retransmission timer covers it
-            return
         except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOBUFS):
-                stats.send_buffer_full += 1
-                return
-            raise
+            self._send_failed(exc)
+            return
         stats.updates_sent += 1
         stats.bytes_sent += self._msg_len
+
+    def _send_failed(self, exc: OSError) -> None:
+        """Count a send the kernel refused for now (as good as lost: the retransmission timer covers it)."""
+        if isinstance(exc, BlockingIOError) or exc.errno in (errno.ECONNREFUSED, errno.ENOBUFS):
+            self.stats.send_buffer_full += 1
+        else:
+            raise exc
 
     # --- deadlines and shutdown ----------------------------------------------------------------------------
 

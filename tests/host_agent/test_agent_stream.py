@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from concurrent.futures import Future
@@ -20,6 +21,8 @@ from netagg.host_agent.errors import (
     AgentInputError,
     AllReduceTimeout,
 )
+from netagg.host_agent.session import JoinResult, SwitchEndpoint
+from netagg.host_agent.transport import Transport, TransportConfig
 from netagg.wire import HEADER_BYTES, LANE_DTYPE, pack_header
 
 pytestmark = pytest.mark.loopback
@@ -125,6 +128,31 @@ def test_results_from_anyone_but_the_switch_are_ignored() -> None:
                     intruder.recv(64)
         switch.release()
         np.testing.assert_array_equal(future.result(WAIT), np.ones(10, np.int32))
+
+
+@pytest.mark.parametrize("sender", ["intruder", "switch"])
+def test_datagrams_queued_before_the_transport_connects_are_counted(sender: str) -> None:
+    """What reached the socket before it was connected to the switch is discarded and counted by its source."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as switch_sock,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder,
+    ):
+        sock.bind(("127.0.0.1", 0))
+        switch_sock.bind(("127.0.0.1", 0))
+        session = JoinResult(
+            job="early", job_id=1, worker_id=0, world_size=1, lanes=LANES, slots=1, epoch=0,
+            switch=SwitchEndpoint(mac="02:00:00:00:00:01", addr="127.0.0.1", port=switch_sock.getsockname()[1]),
+        )  # fmt: skip
+        (intruder if sender == "intruder" else switch_sock).sendto(b"junk", sock.getsockname())
+        readable, _, _ = select.select([sock], [], [], WAIT)
+        assert readable, "the datagram never arrived"
+        transport = Transport(session, sock, TransportConfig(window=1), lambda op: None, lambda ops, exc: None)
+        try:
+            stats = transport.stats
+            assert (stats.foreign, stats.malformed) == ((1, 0) if sender == "intruder" else (0, 1))
+        finally:
+            transport.close()
 
 
 def test_stopped_peer_makes_the_others_fail_with_a_clear_error() -> None:
