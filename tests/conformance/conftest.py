@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from netns_util import Topology, missing_requirements
+from p4info_contract import BMV2_JSON_PATH, P4INFO_PATH
 
-from . import program, targets
+from . import program
 from .harness import NUM_PORTS, PORTS, SwitchUnderTest
 from .p4rt import P4RuntimeSession
 from .ports import PortSet
@@ -68,7 +69,7 @@ def sut(running_target: RunningTarget) -> Iterator[SwitchUnderTest]:
     if not process.running():  # an earlier test killed it: start it again for the rest of the session
         process.stop()
         process.start()
-    session = P4RuntimeSession(process.grpc_addr, targets.P4INFO, targets.BMV2_JSON, DEVICE_ID)
+    session = P4RuntimeSession(process.grpc_addr, P4INFO_PATH, BMV2_JSON_PATH, DEVICE_ID)
     session.open()
     try:
         session.modify([program.agg_addr_entry()])

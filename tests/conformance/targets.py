@@ -19,10 +19,6 @@ from pathlib import Path
 import grpc
 from netns_util import in_namespace
 
-REPO = Path(__file__).resolve().parents[2]
-P4INFO = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
-BMV2_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
-
 DEVICE_ID = 1
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -48,9 +44,6 @@ class Target:
 
     def unavailable_reason(self) -> str | None:
         """Why this target cannot run here, or None."""
-        missing = [str(p.relative_to(REPO)) for p in (P4INFO, BMV2_JSON) if not p.is_file()]
-        if missing:
-            return f"{' and '.join(missing)} missing (compile p4/ first)"
         if self.program() is None:
             return {
                 "softswitch": "netagg-softswitch is not installed (pip install -e .)",

@@ -1,4 +1,4 @@
-"""Fixtures for the controller tests: a P4Info, a fake in-process P4Runtime server, topologies.
+"""Fixtures for the controller tests: the committed P4 pipeline, a fake in-process P4Runtime server, topologies.
 
 The fake server implements just enough of P4Runtime for the controller: arbitration, capabilities,
 Get/SetForwardingPipelineConfig (with the cookie), Write (recording every WriteRequest, keeping a store so
@@ -17,94 +17,17 @@ from typing import Any
 import grpc
 import pytest
 from finsy import P4Schema
-from finsy.proto import p4i, p4r, p4r_grpc, rpc_code, rpc_status
-from google.protobuf import any_pb2, text_format
+from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
+from google.protobuf import any_pb2
+from p4info_contract import BMV2_JSON_PATH, P4INFO_PATH
 
-from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS
 from netagg.controller.topology import Topology, parse_topology
-
-REPO = Path(__file__).resolve().parents[2]
-COMMITTED_P4INFO = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
-COMMITTED_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
-
-# --- a P4Info following the contract table of docs/protocol.md -----------------------------------------------
-
-_TABLES = [
-    # (name, [(key, bits)], [actions]); names as the P4 program gives them with @name(".name")
-    ("workers", [("job", 8), ("src_addr", 32), ("src_port", 16)], ["set_worker", "NoAction"]),
-    ("results", [("job", 8), ("worker_id", 8)], ["set_result_dst", "NoAction"]),
-    ("agg_addr", [], ["set_agg_addr"]),
-    ("l2_forward", [("dst_addr", 48)], ["forward", "flood"]),
-    ("arp_reply", [("target_addr", 32)], ["reply_arp", "NoAction"]),
-    ("ingress_loss", [("port", 9)], ["set_loss", "NoAction"]),
-    ("egress_loss", [("port", 9)], ["set_loss", "NoAction"]),
-]
-_ACTIONS = {
-    "NoAction": [],
-    "set_worker": [("worker_id", 8), ("num_workers", 8), ("pool_base", 16), ("pool_size", 16), ("size", 8),
-                   ("epoch", 16), ("port", 9)],
-    "set_result_dst": [("mac", 48), ("addr", 32), ("port", 16)],
-    "set_agg_addr": [("mac", 48), ("addr", 32)],
-    "forward": [("port", 9)],
-    "flood": [],
-    "reply_arp": [("mac", 48)],
-    "set_loss": [("threshold", 32)],
-}
-_COUNTERS = [("drops", NUM_DROP_REASONS), ("job_drops", MAX_JOBS * NUM_DROP_REASONS),
-             ("job_stats", MAX_JOBS * NUM_JOB_STATS)]
-
-
-def contract_p4info() -> p4i.P4Info:
-    info = p4i.P4Info()
-    action_ids = {}
-    for i, (name, params) in enumerate(_ACTIONS.items()):
-        action = info.actions.add()
-        action.preamble.id = (0x01 << 24) | (i + 1)
-        action.preamble.name = name
-        action.preamble.alias = name
-        action_ids[name] = action.preamble.id
-        for j, (pname, bits) in enumerate(params):
-            param = action.params.add()
-            param.id, param.name, param.bitwidth = j + 1, pname, bits
-    for i, (name, keys, actions) in enumerate(_TABLES):
-        table = info.tables.add()
-        table.preamble.id = (0x02 << 24) | (i + 1)
-        table.preamble.name = name
-        table.preamble.alias = name
-        for j, (kname, bits) in enumerate(keys):
-            field = table.match_fields.add()
-            field.id, field.name, field.bitwidth = j + 1, kname, bits
-            field.match_type = p4i.MatchField.EXACT
-        for action in actions:
-            table.action_refs.add().id = action_ids[action]
-        # The default is the last action listed (NoAction, flood) except for agg_addr's set_agg_addr(0, 0).
-        default = actions[0] if name == "agg_addr" else actions[-1]
-        table.initial_default_action.action_id = action_ids[default]
-        for j, _ in enumerate(_ACTIONS[default]):
-            argument = table.initial_default_action.arguments.add()
-            argument.param_id, argument.value = j + 1, b"\x00"
-        table.size = 1024
-    for i, (name, size) in enumerate(_COUNTERS):
-        counter = info.counters.add()
-        counter.preamble.id = (0x12 << 24) | (i + 1)
-        counter.preamble.name = name
-        counter.preamble.alias = name
-        counter.spec.unit = p4i.CounterSpec.BOTH
-        counter.size = size
-    return info
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(P4Info, BMv2 JSON): the committed artifacts when present, else the contract P4Info and a stand-in JSON."""
-    if COMMITTED_P4INFO.is_file() and COMMITTED_JSON.is_file():
-        return COMMITTED_P4INFO, COMMITTED_JSON
-    folder = tmp_path_factory.mktemp("pipeline")
-    p4info = folder / "netagg.p4info.txtpb"
-    p4info.write_text(text_format.MessageToString(contract_p4info()))
-    blob = folder / "netagg.json"
-    blob.write_text('{"actions": [], "pipelines": []}\n')  # a stand-in BMv2 JSON: no initial defaults
-    return p4info, blob
+def pipeline() -> tuple[Path, Path]:
+    """(P4Info, BMv2 JSON): the committed artifacts of the P4 program."""
+    return P4INFO_PATH, BMV2_JSON_PATH
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import finsy.switch
 import pytest
 from finsy import P4Schema, P4TableAction, P4TableEntry, P4TableMatch
-from finsy.proto import p4i, rpc_code
-from google.protobuf import text_format
+from finsy.proto import rpc_code
+from p4info_contract import committed_p4info
 
 from netagg.constants import FLOOD_MCAST_GROUP, JOB_MCAST_GROUP_BASE
 from netagg.controller.errors import SwitchError, SwitchUnavailable
@@ -239,8 +239,8 @@ def test_start_reports_a_refused_pipeline(fake_switch, make_topo, pipeline) -> N
         conn.start(timeout=5.0)
 
 
-def test_actions_are_resolved_within_their_table(pipeline) -> None:
-    info = text_format.Parse(pipeline[0].read_text(), p4i.P4Info())
+def test_actions_are_resolved_within_their_table() -> None:
+    info = committed_p4info()
     for action in info.actions:  # a compiler that qualifies the name: full name differs from the alias
         if action.preamble.alias == "set_loss":
             action.preamble.name, action.preamble.alias = "top.Ingress.set_loss", "Ingress.set_loss"

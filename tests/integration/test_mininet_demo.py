@@ -26,7 +26,6 @@ import pytest
 pytestmark = pytest.mark.netns
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROGRAM = REPO_ROOT / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
 #: Interface names the demo gives (they live in the nodes' namespaces; none may show up in ours).
 #: The summary's last word on the results: each host's SHA-256 equals the locally computed reference's.
 RESULT_OK = re.compile(r"^result: every host got the reference result, bit for bit$", re.MULTILINE)
@@ -48,11 +47,6 @@ def _requirements() -> str | None:
 
 _MISSING = _requirements()
 needs_mininet = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
-needs_program = pytest.mark.skipif(
-    not PROGRAM.exists(),
-    reason="the compiled P4 program (p4/v1model/build/) is not in this checkout: the "
-    "softswitch accepts only that P4Info",
-)
 
 
 def _targets() -> list[object]:
@@ -93,7 +87,6 @@ def remove_logs(output: str) -> None:
 
 
 @needs_mininet
-@needs_program
 @pytest.mark.parametrize("target", TARGETS)
 def test_demo_three_hosts_get_the_reference_result(target: str) -> None:
     done = run_demo(
@@ -111,7 +104,6 @@ def test_demo_three_hosts_get_the_reference_result(target: str) -> None:
 
 
 @needs_mininet
-@needs_program
 @pytest.mark.parametrize("target", TARGETS)
 def test_demo_with_loss_and_shaping_recovers(target: str) -> None:
     done = run_demo(
@@ -137,7 +129,6 @@ def test_demo_with_loss_and_shaping_recovers(target: str) -> None:
 
 
 @needs_mininet
-@needs_program
 def test_demo_trains_the_ddp_example_over_the_softswitch() -> None:
     done = run_demo("softswitch", "--train", "--hosts", "2", "--epochs", "1", "--timeout", "240", timeout=300)
     out = done.stdout
@@ -342,7 +333,6 @@ def test_interrupt_after_the_switch_started_leaves_nothing_behind(target: str) -
 
 
 @needs_mininet
-@needs_program
 @pytest.mark.parametrize("target", TARGETS)
 def test_interrupt_during_the_job_leaves_nothing_behind(target: str) -> None:
     # Shaped links make the job take long enough to be caught running.

@@ -8,12 +8,7 @@ from typing import Any
 
 import pytest
 from finsy.proto import p4i
-from google.protobuf import text_format
-
-REPO = Path(__file__).resolve().parents[2]
-#: The artifacts `make -C p4` writes, relative to the repository root.
-V1MODEL_JSON = Path("p4/v1model/build/netagg.json")
-V1MODEL_P4INFO = Path("p4/v1model/build/netagg.p4info.txtpb")
+from p4info_contract import REPO, committed_bmv2_json, committed_p4info
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +19,10 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def p4info() -> p4i.P4Info:
     """The committed P4Info of the v1model program."""
-    return text_format.Parse((REPO / V1MODEL_P4INFO).read_text(), p4i.P4Info())
+    return committed_p4info()
 
 
 @pytest.fixture(scope="session")
 def bmv2_json() -> dict[str, Any]:
     """The committed BMv2 JSON of the v1model program."""
-    return json.loads((REPO / V1MODEL_JSON).read_text())
+    return json.loads(committed_bmv2_json())

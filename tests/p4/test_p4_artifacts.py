@@ -6,50 +6,12 @@ from typing import Any
 
 import pytest
 from finsy.proto import p4i
+from p4info_contract import ACTIONS, COUNTERS, TABLES
 
 from netagg import constants as c
 from netagg import wire
 
 pytestmark = pytest.mark.unit
-
-#: table -> (key fields in order as (name, bit width), actions other than NoAction), per docs/protocol.md.
-TABLES: dict[str, tuple[list[tuple[str, int]], set[str]]] = {
-    "workers": ([("job", 8), ("src_addr", 32), ("src_port", 16)], {"set_worker"}),
-    "results": ([("job", 8), ("worker_id", 8)], {"set_result_dst"}),
-    "agg_addr": ([], {"set_agg_addr"}),
-    "l2_forward": ([("dst_addr", 48)], {"forward", "flood"}),
-    "arp_reply": ([("target_addr", 32)], {"reply_arp"}),
-    "ingress_loss": ([("port", c.PORT_BITS)], {"set_loss"}),
-    "egress_loss": ([("port", c.PORT_BITS)], {"set_loss"}),
-}
-
-#: action -> parameters in order as (name, bit width).
-ACTIONS: dict[str, list[tuple[str, int]]] = {
-    "set_worker": [
-        ("worker_id", 8),
-        ("num_workers", 8),
-        ("pool_base", 16),
-        ("pool_size", 16),
-        ("size", 8),
-        ("epoch", c.EPOCH_BITS),
-        ("port", c.PORT_BITS),
-    ],
-    "set_result_dst": [("mac", 48), ("addr", 32), ("port", 16)],
-    "set_agg_addr": [("mac", 48), ("addr", 32)],
-    "forward": [("port", c.PORT_BITS)],
-    "flood": [],
-    "reply_arp": [("mac", 48)],
-    "set_loss": [("threshold", 32)],
-}
-
-#: Tables whose miss is the contract's "no entry" (the default action does nothing).
-MISS_IS_NO_ACTION = ("workers", "results", "arp_reply", "ingress_loss", "egress_loss")
-
-COUNTERS = {
-    "drops": c.NUM_DROP_REASONS,
-    "job_drops": c.MAX_JOBS * c.NUM_DROP_REASONS,
-    "job_stats": c.MAX_JOBS * c.NUM_JOB_STATS,
-}
 
 #: register -> bit width; every one has an entry per slot copy.
 REGISTERS = {
@@ -128,36 +90,36 @@ def test_tables_keys_and_actions(p4info: p4i.P4Info) -> None:
     tables = _by_name(p4info.tables)
     actions_by_id = {a.preamble.id: a.preamble.name for a in p4info.actions}
     assert set(tables) == set(TABLES)
-    for name, (keys, actions) in TABLES.items():
+    for name, contract in TABLES.items():
         table = tables[name]
-        assert [(f.name, f.bitwidth) for f in table.match_fields] == keys, name
+        assert tuple((f.name, f.bitwidth) for f in table.match_fields) == contract.keys, name
         assert all(f.match_type == p4i.MatchField.EXACT for f in table.match_fields), name
         refs = {actions_by_id[ref.id] for ref in table.action_refs}
-        assert refs - {"NoAction"} == actions, name
+        assert refs - {"NoAction"} == contract.actions, name
 
 
 def test_action_parameters(p4info: p4i.P4Info) -> None:
     actions = _by_name(p4info.actions)
     for name, params in ACTIONS.items():
-        assert [(p.name, p.bitwidth) for p in actions[name].params] == params, name
+        assert tuple((p.name, p.bitwidth) for p in actions[name].params) == params, name
 
 
 def test_default_actions(p4info: p4i.P4Info, bmv2_json: dict[str, Any]) -> None:
-    """A miss does nothing where the contract says "no entry"; flood and set_agg_addr are settable defaults."""
+    """A miss does nothing where the contract says "no entry"; the other defaults are settable, initially the
+    contract's (this compiler does not fill P4Info's initial_default_action, so they are read from the JSON)."""
     tables = _by_name(p4info.tables)
     actions_by_id = {a.preamble.id: a.preamble.name for a in p4info.actions}
-    for table in MISS_IS_NO_ACTION:
-        assert actions_by_id.get(tables[table].const_default_action_id) == "NoAction", table
-    # The controller sets these defaults at run time, so they are not const; the initial ones are in the JSON
-    # (this compiler does not fill P4Info's initial_default_action).
-    assert tables["l2_forward"].const_default_action_id == 0
-    assert tables["agg_addr"].const_default_action_id == 0
     json_actions = {a["id"]: a["name"] for a in bmv2_json["actions"]}
     json_tables = {t["name"]: t for p in bmv2_json["pipelines"] for t in p["tables"]}
-    for table, action in (("l2_forward", "flood"), ("agg_addr", "set_agg_addr")):
-        entry = json_tables[table]["default_entry"]
-        assert json_actions[entry["action_id"]] == action, table
-        assert not entry["action_const"], table
+    settable = [name for name, contract in TABLES.items() if not contract.const_default]
+    assert sorted(settable) == ["agg_addr", "l2_forward"]
+    for name, contract in TABLES.items():
+        const = actions_by_id.get(tables[name].const_default_action_id)
+        assert const == (contract.default if contract.const_default else None), name
+        entry = json_tables[name]["default_entry"]
+        assert json_actions[entry["action_id"]] == contract.default, name
+        assert [int(v, 16) for v in entry["action_data"]] == list(contract.default_params.values()), name
+        assert entry["action_const"] == contract.const_default, name
 
 
 def test_table_sizes(p4info: p4i.P4Info) -> None:

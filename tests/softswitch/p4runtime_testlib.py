@@ -1,194 +1,27 @@
-"""Helpers for the P4Runtime server tests: the netagg P4Info, a raw gRPC client, entity builders by name.
-
-The tests use the committed P4Info and BMv2 JSON (p4/v1model/build/) when they exist. Until then they use a
-P4Info built here from the contract table of docs/protocol.md and the table properties of the P4 source (const
-``NoAction`` defaults, keyless ``agg_addr`` defaulting to ``set_agg_addr(0, 0)``, ``l2_forward`` to
-``flood``).
-"""
+"""Helpers for the P4Runtime server tests: the committed netagg program, a raw gRPC client, entity builders by name."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc, rpc_status
-from google.protobuf import text_format
+from p4info_contract import BMV2_JSON_PATH, P4INFO_PATH, committed_bmv2_json, committed_p4info
 
-from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS, PORT_BITS
 from netagg.softswitch.codec import encode_u128, encode_uint
 from netagg.softswitch.p4runtime_server import P4RuntimeServer
-from netagg.softswitch.schema import (
-    REFERENCE_BMV2_JSON,
-    REFERENCE_P4INFO,
-    P4Schema,
-    defaults_from_bmv2_json,
-    load_p4info,
-)
+from netagg.softswitch.schema import P4Schema, defaults_from_bmv2_json
 from netagg.softswitch.state import SwitchState
 
 DEVICE_ID = 1
 #: Every wait in these tests ends after this long with an error.
 TIMEOUT_S = 10.0
-
-_SCOPE = {
-    "": p4i.ActionRef.TABLE_AND_DEFAULT,
-    "table": p4i.ActionRef.TABLE_ONLY,
-    "default": p4i.ActionRef.DEFAULT_ONLY,
-}
-
-#: name -> params (name, bitwidth), as docs/protocol.md lists them
-_ACTIONS: dict[str, list[tuple[str, int]]] = {
-    "NoAction": [],
-    "set_worker": [
-        ("worker_id", 8),
-        ("num_workers", 8),
-        ("pool_base", 16),
-        ("pool_size", 16),
-        ("size", 8),
-        ("epoch", 16),
-        ("port", PORT_BITS),
-    ],
-    "set_result_dst": [("mac", 48), ("addr", 32), ("port", 16)],
-    "set_agg_addr": [("mac", 48), ("addr", 32)],
-    "forward": [("port", PORT_BITS)],
-    "flood": [],
-    "reply_arp": [("mac", 48)],
-    "set_loss": [("threshold", 32)],
-}
-
-
-@dataclass(frozen=True)
-class _TableSpec:
-    name: str
-    keys: list[tuple[str, int]]
-    actions: list[tuple[str, str]]  # (action, scope)
-    size: int
-    default: tuple[str, dict[str, int]]
-    const_default: bool
-
-
-_TABLES = [
-    _TableSpec(
-        "workers",
-        [("job", 8), ("src_addr", 32), ("src_port", 16)],
-        [("set_worker", ""), ("NoAction", "default")],
-        8192,
-        ("NoAction", {}),
-        True,
-    ),
-    _TableSpec(
-        "results",
-        [("job", 8), ("worker_id", 8)],
-        [("set_result_dst", ""), ("NoAction", "default")],
-        8192,
-        ("NoAction", {}),
-        True,
-    ),
-    _TableSpec("agg_addr", [], [("set_agg_addr", "")], 1, ("set_agg_addr", {"mac": 0, "addr": 0}), False),
-    _TableSpec(
-        "l2_forward", [("dst_addr", 48)], [("forward", ""), ("flood", "")], 1024, ("flood", {}), False
-    ),
-    _TableSpec(
-        "arp_reply",
-        [("target_addr", 32)],
-        [("reply_arp", ""), ("NoAction", "default")],
-        256,
-        ("NoAction", {}),
-        True,
-    ),
-    _TableSpec(
-        "ingress_loss",
-        [("port", PORT_BITS)],
-        [("set_loss", ""), ("NoAction", "default")],
-        1 << PORT_BITS,
-        ("NoAction", {}),
-        True,
-    ),
-    _TableSpec(
-        "egress_loss",
-        [("port", PORT_BITS)],
-        [("set_loss", ""), ("NoAction", "default")],
-        1 << PORT_BITS,
-        ("NoAction", {}),
-        True,
-    ),
-]
-
-_COUNTERS = [
-    ("drops", NUM_DROP_REASONS),
-    ("job_drops", MAX_JOBS * NUM_DROP_REASONS),
-    ("job_stats", MAX_JOBS * NUM_JOB_STATS),
-]
-
-
-def contract_p4info() -> p4i.P4Info:
-    """A P4Info for the contract of docs/protocol.md, shaped like p4c's output for the netagg program."""
-    info = p4i.P4Info(pkg_info=p4i.PkgInfo(arch="v1model"))
-    action_ids = {}
-    for i, (name, params) in enumerate(_ACTIONS.items(), start=1):
-        action_ids[name] = 0x01000000 | i
-        info.actions.add(
-            preamble=p4i.Preamble(id=action_ids[name], name=name, alias=name),
-            params=[p4i.Action.Param(id=j, name=p, bitwidth=w) for j, (p, w) in enumerate(params, start=1)],
-        )
-    for i, t in enumerate(_TABLES, start=1):
-        default_name, default_params = t.default
-        table = info.tables.add(
-            preamble=p4i.Preamble(id=0x02000000 | i, name=t.name, alias=t.name),
-            match_fields=[
-                p4i.MatchField(id=j, name=k, bitwidth=w, match_type=p4i.MatchField.EXACT)
-                for j, (k, w) in enumerate(t.keys, start=1)
-            ],
-            action_refs=[p4i.ActionRef(id=action_ids[a], scope=_SCOPE[s]) for a, s in t.actions],
-            size=t.size,
-        )
-        if t.const_default:
-            table.const_default_action_id = action_ids[default_name]
-        table.initial_default_action.action_id = action_ids[default_name]
-        for j, (p, w) in enumerate(_ACTIONS[default_name], start=1):
-            table.initial_default_action.arguments.add(param_id=j, value=encode_uint(default_params[p], w))
-    for i, (name, size) in enumerate(_COUNTERS, start=1):
-        info.counters.add(
-            preamble=p4i.Preamble(id=0x12000000 | i, name=name, alias=name),
-            spec=p4i.CounterSpec(unit=p4i.CounterSpec.BOTH),
-            size=size,
-        )
-    return info
-
-
-def minimal_bmv2_json(p4info: p4i.P4Info, defaults: Mapping[str, tuple[str, dict[str, int]]]) -> bytes:
-    """The parts of a BMv2 JSON the server reads: actions, and tables with their default entries."""
-    actions = [
-        {
-            "name": a.preamble.name,
-            "id": i,
-            "runtime_data": [{"name": p.name, "bitwidth": p.bitwidth} for p in a.params],
-        }
-        for i, a in enumerate(p4info.actions)
-    ]
-    json_id = {a["name"]: a["id"] for a in actions}
-    tables = []
-    for t in p4info.tables:
-        action, params = defaults[t.preamble.name]
-        tables.append(
-            {
-                "name": t.preamble.name,
-                "default_entry": {
-                    "action_id": json_id[action],
-                    "action_const": False,
-                    "action_data": [hex(v) for v in params.values()],
-                    "action_entry_const": False,
-                },
-            }
-        )
-    return json.dumps({"actions": actions, "pipelines": [{"name": "ingress", "tables": tables}]}).encode()
 
 
 @dataclass(frozen=True, eq=False)  # compared and cached by identity
@@ -199,7 +32,6 @@ class Program:
     device_config: bytes
     p4info_path: Path
     bmv2_json_path: Path
-    committed: bool
 
     def config(self, cookie: int | None = None) -> p4r.ForwardingPipelineConfig:
         config = p4r.ForwardingPipelineConfig(p4info=self.p4info, p4_device_config=self.device_config)
@@ -209,28 +41,9 @@ class Program:
 
 
 @functools.cache
-def _committed_program() -> Program:
-    # Loaded once per test session: the P4Info text and the BMv2 JSON take a noticeable time to parse.
-    return Program(
-        load_p4info(REFERENCE_P4INFO),
-        REFERENCE_BMV2_JSON.read_bytes(),
-        REFERENCE_P4INFO,
-        REFERENCE_BMV2_JSON,
-        committed=True,
-    )
-
-
-def netagg_program(tmp_path: Path) -> Program:
-    """The committed program when it exists, else the contract P4Info written under ``tmp_path``."""
-    if REFERENCE_P4INFO.exists() and REFERENCE_BMV2_JSON.exists():
-        return _committed_program()
-    p4info = contract_p4info()
-    blob = minimal_bmv2_json(p4info, {t.name: t.default for t in _TABLES})
-    p4info_path = tmp_path / "netagg.p4info.txtpb"
-    p4info_path.write_text(text_format.MessageToString(p4info))
-    json_path = tmp_path / "netagg.json"
-    json_path.write_bytes(blob)
-    return Program(p4info, blob, p4info_path, json_path, committed=False)
+def netagg_program() -> Program:
+    """The committed netagg program (one per session: tests change copies of its P4Info, never it)."""
+    return Program(committed_p4info(), committed_bmv2_json(), P4INFO_PATH, BMV2_JSON_PATH)
 
 
 def write_error_details(error: grpc.RpcError) -> list[p4r.Error]:
@@ -485,9 +298,9 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_server(tmp_path: Path, address: str = "127.0.0.1:0") -> Iterator[Running]:
+def running_server(address: str = "127.0.0.1:0") -> Iterator[Running]:
     """A P4Runtime server on loopback (port 0) for the netagg program, stopped on exit."""
-    program = netagg_program(tmp_path)
+    program = netagg_program()
     state = SwitchState()
     pipeline = PipelineStub()
     server = P4RuntimeServer(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,8 +17,8 @@ pytestmark = pytest.mark.loopback
 
 
 @pytest.fixture
-def sw(tmp_path: Path) -> Iterator[Running]:
-    with running_server(tmp_path) as running:
+def sw() -> Iterator[Running]:
+    with running_server() as running:
         yield running
 
 
@@ -142,8 +141,8 @@ def test_packet_out_is_answered_with_a_stream_error(client: Client) -> None:
     assert s.recv().error.canonical_code == rpc_code.INVALID_ARGUMENT
 
 
-def test_too_many_controllers(tmp_path: Path) -> None:
-    program = netagg_program(tmp_path)
+def test_too_many_controllers() -> None:
+    program = netagg_program()
     server = P4RuntimeServer(
         SwitchState(), None, DEVICE_ID, "127.0.0.1:0", reference_p4info=program.p4info_path, max_controllers=2
     )

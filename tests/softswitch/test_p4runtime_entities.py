@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -36,8 +35,8 @@ KEYED = {
 
 
 @pytest.fixture
-def sw(tmp_path: Path) -> Iterator[Running]:
-    with running_server(tmp_path) as running:
+def sw() -> Iterator[Running]:
+    with running_server() as running:
         yield running
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -29,8 +28,8 @@ WORKER = {"worker_id": 1, "num_workers": 2, "pool_base": 0, "pool_size": 8, "siz
 
 
 @pytest.fixture
-def sw(tmp_path: Path) -> Iterator[Running]:
-    with running_server(tmp_path) as running:
+def sw() -> Iterator[Running]:
+    with running_server() as running:
         yield running
 
 

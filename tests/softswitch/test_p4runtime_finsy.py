@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import finsy as fy
 import pytest
@@ -15,8 +14,8 @@ from netagg.softswitch.state import Action
 pytestmark = pytest.mark.loopback
 
 
-def test_finsy_switch_pushes_writes_and_reads(tmp_path: Path) -> None:
-    with running_server(tmp_path) as sw:
+def test_finsy_switch_pushes_writes_and_reads() -> None:
+    with running_server() as sw:
         options = fy.SwitchOptions(
             p4info=sw.program.p4info_path, p4blob=sw.program.bmv2_json_path, device_id=DEVICE_ID
         )
@@ -90,8 +89,8 @@ def test_finsy_switch_pushes_writes_and_reads(tmp_path: Path) -> None:
         assert sw.state.tables["ingress_loss"].entries == {(1,): Action("set_loss", {"threshold": 1 << 31})}
 
 
-def test_finsy_backup_sees_the_primary_and_cannot_write(tmp_path: Path) -> None:
-    with running_server(tmp_path) as sw:
+def test_finsy_backup_sees_the_primary_and_cannot_write() -> None:
+    with running_server() as sw:
         program = sw.program
 
         def options(election_id: int) -> fy.SwitchOptions:

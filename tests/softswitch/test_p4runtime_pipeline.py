@@ -21,8 +21,8 @@ Get = p4r.GetForwardingPipelineConfigRequest
 
 
 @pytest.fixture
-def sw(tmp_path: Path) -> Iterator[Running]:
-    with running_server(tmp_path) as running:
+def sw() -> Iterator[Running]:
+    with running_server() as running:
         yield running
 
 
@@ -197,7 +197,7 @@ def test_wrong_device_id(client: Client) -> None:
 
 
 def test_missing_reference_p4info_is_reported(tmp_path: Path) -> None:
-    program = netagg_program(tmp_path)
+    program = netagg_program()
     server = P4RuntimeServer(
         SwitchState(), None, DEVICE_ID, "127.0.0.1:0", reference_p4info=tmp_path / "absent.p4info.txtpb"
     )
@@ -215,7 +215,7 @@ def test_missing_reference_p4info_is_reported(tmp_path: Path) -> None:
 
 
 def test_unix_socket_address(tmp_path: Path) -> None:
-    with running_server(tmp_path, address=f"unix:{tmp_path}/p4rt.sock") as running:
+    with running_server(address=f"unix:{tmp_path}/p4rt.sock") as running:
         assert running.server.port is None
         c = running.client()
         try:

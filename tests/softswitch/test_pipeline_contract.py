@@ -1,26 +1,26 @@
 """A hand-built ``SwitchState`` shaped like the P4Info contract, frame builders, and a check of both.
 
 The software switch's pipeline tests need tables, groups and counters named as in docs/protocol.md. This module
-builds them by hand from the contract table (``contract_state``) and offers small helpers to fill them and to
-build frames; the tests below check the helper against the table in docs/protocol.md so the two cannot drift.
+builds them from the tests' statement of the contract (``p4info_contract``) without the softswitch's P4Info
+schema (``contract_state``), and offers small helpers to fill them and to build frames; the tests below check
+the helpers against the contract and against the state the schema builds from the committed program.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
+from p4info_contract import ACTIONS, COUNTERS, TABLES
+from p4runtime_testlib import netagg_program
 
 from netagg.constants import (
     AGG_UDP_PORT,
     FLOOD_MCAST_GROUP,
     JOB_MCAST_GROUP_BASE,
-    MAX_JOBS,
     NUM_DROP_REASONS,
     NUM_JOB_STATS,
     DropReason,
@@ -28,30 +28,11 @@ from netagg.constants import (
     MsgType,
 )
 from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.schema import P4Schema, defaults_from_bmv2_json
 from netagg.softswitch.state import Action, CounterArray, SwitchState, Table
 from netagg.wire import AGG_OFFSET, HEADER_BYTES, LANE_DTYPE, pack_header
 
 pytestmark = pytest.mark.unit
-
-PROTOCOL_MD = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
-
-NO_ACTION = Action("NoAction")
-
-#: table name -> (key field names, initial default action), per docs/protocol.md.
-CONTRACT_TABLES: dict[str, tuple[tuple[str, ...], Action]] = {
-    "workers": (("job", "src_addr", "src_port"), NO_ACTION),
-    "results": (("job", "worker_id"), NO_ACTION),
-    "agg_addr": ((), Action("set_agg_addr", {"mac": 0, "addr": 0})),  # the P4 program's default
-    "l2_forward": (("dst_addr",), Action("flood")),
-    "arp_reply": (("target_addr",), NO_ACTION),
-    "ingress_loss": (("port",), NO_ACTION),
-    "egress_loss": (("port",), NO_ACTION),
-}
-CONTRACT_COUNTERS = {
-    "drops": NUM_DROP_REASONS,
-    "job_drops": MAX_JOBS * NUM_DROP_REASONS,
-    "job_stats": MAX_JOBS * NUM_JOB_STATS,
-}
 
 AGG_MAC = 0x02_00_00_00_AA_01
 AGG_IP = int(ipaddress.IPv4Address("10.0.0.254"))
@@ -61,9 +42,10 @@ SWITCH_PORTS = (1, 2, 3, 4)
 def contract_state() -> SwitchState:
     """An empty pipeline as the P4Info contract describes it (no entries, no groups)."""
     state = SwitchState()
-    for name, (keys, default) in CONTRACT_TABLES.items():
-        state.tables[name] = Table(name, keys, default, default, 4096)
-    for name, size in CONTRACT_COUNTERS.items():
+    for name, table in TABLES.items():
+        default = Action(table.default, dict(table.default_params))
+        state.tables[name] = Table(name, tuple(k for k, _ in table.keys), default, default, 4096)
+    for name, size in COUNTERS.items():
         state.counters[name] = CounterArray(name, size)
     state.bump()
     return state
@@ -255,44 +237,7 @@ def job_stats(state: SwitchState, job: int) -> dict[JobStat, int]:
 # ------------------------------------------------------------------------------------- checks of the helper
 
 
-def _contract_rows() -> list[list[str]]:
-    text = PROTOCOL_MD.read_text()
-    section = text.split("## P4Info names", 1)[1]
-    rows = []
-    for line in section.splitlines():
-        if line.startswith("|") and not line.startswith("|---"):
-            rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return rows[1:]  # skip the header row
-
-
-def test_helper_tables_match_the_contract() -> None:
-    rows = _contract_rows()
-    documented = {}
-    for kind, name, keys in rows:
-        if kind.startswith("table"):
-            table = name.strip("`")
-            documented[table] = tuple(re.findall(r"`(\w+)` exact", keys))
-    assert documented == {name: keys for name, (keys, _) in CONTRACT_TABLES.items()}
-
-
-def test_helper_counters_match_the_contract() -> None:
-    sizes = {"NUM_DROP_REASONS": NUM_DROP_REASONS, "MAX_JOBS * NUM_DROP_REASONS": MAX_JOBS * NUM_DROP_REASONS}
-    sizes["MAX_JOBS * NUM_JOB_STATS"] = MAX_JOBS * NUM_JOB_STATS
-    documented = {}
-    for kind, name, keys in _contract_rows():
-        if kind == "counter":
-            documented[name.strip("`")] = sizes[re.search(r"size `([^`]+)`", keys).group(1)]
-    assert documented == CONTRACT_COUNTERS
-
-
-def test_helper_action_params_are_the_documented_ones() -> None:
-    params = {}
-    for _kind, _name, spec in _contract_rows():
-        for action, args in re.findall(r"`?(\w+)\(([^)]*)\)", spec):
-            params[action] = {a.split()[0] for a in args.split(",") if a.strip()}
-    for kind, name, spec in _contract_rows():
-        if kind == "action":
-            params[name.strip("`")] = set(re.findall(r"`(\w+)` \d+", spec))
+def test_helper_action_params_are_the_contract_ones() -> None:
     state = contract_state()
     job = make_job(3, 2)
     install_job(state, job)
@@ -303,21 +248,19 @@ def test_helper_action_params_are_the_documented_ones() -> None:
         for a in [*t.entries.values(), t.default]
         if a.params
     }
+    assert set(used) == {"set_worker", "set_result_dst", "set_agg_addr"}
     for action, names in used.items():
-        assert names == params[action], action
+        assert names == {p for p, _ in ACTIONS[action]}, action
     assert AGG_OFFSET == 42
 
 
-def test_helper_state_matches_the_state_the_schema_builds(tmp_path: Path) -> None:
+def test_helper_state_matches_the_state_the_schema_builds() -> None:
     """The hand-built state has the tables, keys, initial defaults and counters a pushed pipeline gets."""
-    from p4runtime_testlib import netagg_program
-
-    from netagg.softswitch.schema import P4Schema, defaults_from_bmv2_json
-
-    program = netagg_program(tmp_path)  # the committed program once compiled, else the contract P4Info
+    program = netagg_program()
     schema = P4Schema(program.p4info, defaults_from_bmv2_json(program.device_config, program.p4info))
     built, helper = schema.new_state(), contract_state()
+    assert set(built.tables) == set(helper.tables)
     for name, table in helper.tables.items():
         assert built.tables[name].key_names == table.key_names, name
         assert built.tables[name].initial_default == table.initial_default, name
-    assert {n: c.size for n, c in built.counters.items()} == CONTRACT_COUNTERS
+    assert {n: c.size for n, c in built.counters.items()} == {n: c.size for n, c in helper.counters.items()}

@@ -1,7 +1,4 @@
-"""The data path programmed over P4Runtime: server, pipeline and UDP ports together, workers on loopback.
-
-Uses the committed P4Info/BMv2 JSON when they exist, else the contract P4Info of ``p4runtime_testlib``.
-"""
+"""The data path programmed over P4Runtime: server, pipeline and UDP ports together, workers on loopback."""
 
 from __future__ import annotations
 
@@ -9,7 +6,6 @@ import ipaddress
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,8 +36,8 @@ JOB = 6
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[tuple[SoftSwitch, Client]]:
-    program = netagg_program(tmp_path)
+def rig() -> Iterator[tuple[SoftSwitch, Client]]:
+    program = netagg_program()
     state = SwitchState()
     pipeline = Pipeline(state, seed=1)
     server = P4RuntimeServer(

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from finsy.proto import p4i
 from google.protobuf import text_format
-from p4runtime_testlib import Program, contract_p4info, netagg_program
+from p4info_contract import ACTIONS, COUNTERS, TABLES, committed_bmv2_json, committed_p4info
 
-from netagg.constants import MAX_JOBS, NUM_DROP_REASONS, NUM_JOB_STATS, PORT_BITS
+from netagg.softswitch.codec import encode_uint
 from netagg.softswitch.schema import (
-    REFERENCE_BMV2_JSON,
-    REFERENCE_P4INFO,
     P4Schema,
     SchemaError,
     defaults_from_bmv2_json,
@@ -24,56 +23,34 @@ from netagg.softswitch.state import Action, SwitchState
 
 pytestmark = pytest.mark.unit
 
-#: docs/protocol.md, "P4Info names": table -> key (name, bitwidth) in order
-CONTRACT_KEYS = {
-    "workers": [("job", 8), ("src_addr", 32), ("src_port", 16)],
-    "results": [("job", 8), ("worker_id", 8)],
-    "agg_addr": [],
-    "l2_forward": [("dst_addr", 48)],
-    "arp_reply": [("target_addr", 32)],
-    "ingress_loss": [("port", PORT_BITS)],
-    "egress_loss": [("port", PORT_BITS)],
-}
-CONTRACT_PARAMS = {
-    "set_worker": [
-        ("worker_id", 8),
-        ("num_workers", 8),
-        ("pool_base", 16),
-        ("pool_size", 16),
-        ("size", 8),
-        ("epoch", 16),
-        ("port", PORT_BITS),
-    ],
-    "set_result_dst": [("mac", 48), ("addr", 32), ("port", 16)],
-    "set_agg_addr": [("mac", 48), ("addr", 32)],
-    "forward": [("port", PORT_BITS)],
-    "flood": [],
-    "reply_arp": [("mac", 48)],
-    "set_loss": [("threshold", 32)],
-}
-CONTRACT_COUNTERS = {
-    "drops": NUM_DROP_REASONS,
-    "job_drops": MAX_JOBS * NUM_DROP_REASONS,
-    "job_stats": MAX_JOBS * NUM_JOB_STATS,
-}
+
+def _committed_defaults(p4info: p4i.P4Info) -> dict[str, Action]:
+    """The initial default actions the committed BMv2 JSON gives the tables of ``p4info``."""
+    return defaults_from_bmv2_json(committed_bmv2_json(), p4info)
 
 
-@pytest.fixture
-def program(tmp_path: Path) -> Program:
-    return netagg_program(tmp_path)
+def _committed_schema() -> P4Schema:
+    p4info = committed_p4info()
+    return P4Schema(p4info, _committed_defaults(p4info))
 
 
-def _schema(program: Program) -> P4Schema:
-    return P4Schema(program.p4info, defaults_from_bmv2_json(program.device_config, program.p4info))
+def _named(entities: Any, name: str) -> Any:
+    """The table, action or counter called ``name`` in a P4Info list."""
+    (entity,) = (e for e in entities if e.preamble.name == name)
+    return entity
 
 
-def test_contract_names_keys_and_params(program: Program) -> None:
-    schema = _schema(program)
-    for table, keys in CONTRACT_KEYS.items():
-        assert [(mf.name, mf.bitwidth) for mf in schema.tables[table].match_fields] == keys, table
-    for action, params in CONTRACT_PARAMS.items():
-        assert [(p.name, p.bitwidth) for p in schema.actions[action].params] == params, action
-    for counter, size in CONTRACT_COUNTERS.items():
+def _contract_default(table: str) -> Action:
+    return Action(TABLES[table].default, TABLES[table].default_params)
+
+
+def test_contract_names_keys_and_params() -> None:
+    schema = _committed_schema()
+    for table, contract in TABLES.items():
+        assert tuple((mf.name, mf.bitwidth) for mf in schema.tables[table].match_fields) == contract.keys, table
+    for action, params in ACTIONS.items():
+        assert tuple((p.name, p.bitwidth) for p in schema.actions[action].params) == params, action
+    for counter, size in COUNTERS.items():
         assert schema.counters[counter].size == size
     for kind, by_name, by_id in [
         ("table", schema.tables, schema.tables_by_id),
@@ -83,26 +60,26 @@ def test_contract_names_keys_and_params(program: Program) -> None:
         assert {i.id: i for i in by_name.values()} == by_id, kind
 
 
-def test_new_state_has_every_table_and_counter(program: Program) -> None:
-    schema = _schema(program)
+def test_new_state_has_every_table_and_counter() -> None:
+    schema = _committed_schema()
     state = schema.new_state()
-    assert set(state.tables) == set(schema.tables)
-    for name, keys in CONTRACT_KEYS.items():
+    assert set(state.tables) == set(schema.tables) == set(TABLES)
+    for name, contract in TABLES.items():
         table = state.tables[name]
-        assert table.key_names == tuple(k for k, _ in keys)
+        assert table.key_names == tuple(k for k, _ in contract.keys)
         assert table.size == schema.tables[name].size > 0
-        assert table.default == table.initial_default
+        assert table.default == table.initial_default == _contract_default(name), name
         assert table.entries == {}
     assert state.tables["agg_addr"].default == Action("set_agg_addr", {"mac": 0, "addr": 0})
     assert state.tables["l2_forward"].default == Action("flood")
     assert state.tables["workers"].default == Action("NoAction")
-    assert {n: c.size for n, c in state.counters.items()} == CONTRACT_COUNTERS
+    assert {n: c.size for n, c in state.counters.items()} == COUNTERS
     assert all(not c.packets.any() and not c.bytes.any() for c in state.counters.values())
     assert state.mcast_groups == {}
 
 
-def test_reset_state_replaces_contents_in_place(program: Program) -> None:
-    schema = _schema(program)
+def test_reset_state_replaces_contents_in_place() -> None:
+    schema = _committed_schema()
     state = SwitchState()
     schema.reset_state(state)
     state.tables["l2_forward"].entries[(1,)] = Action("forward", {"port": 1})
@@ -116,24 +93,38 @@ def test_reset_state_replaces_contents_in_place(program: Program) -> None:
     assert state.counters["drops"].packets[0] == 0
 
 
+def _with_initial_default(p4info: p4i.P4Info, table: str, action: str, **params: int) -> p4i.P4Info:
+    """``p4info`` with ``table``'s initial_default_action set, as a compiler for P4Runtime 1.4 writes it (the
+    committed P4Info has none: its compiler leaves the initial defaults to the BMv2 JSON)."""
+    a = _named(p4info.actions, action)
+    default = _named(p4info.tables, table).initial_default_action
+    default.action_id = a.preamble.id
+    for p in a.params:
+        default.arguments.add(param_id=p.id, value=encode_uint(params[p.name], p.bitwidth))
+    return p4info
+
+
 def test_initial_defaults_from_p4info_alone() -> None:
     """The P4Info's initial_default_action (P4Runtime 1.4) and const defaults are enough without a JSON."""
-    schema = P4Schema(contract_p4info())
-    assert schema.tables["agg_addr"].initial_default == Action("set_agg_addr", {"mac": 0, "addr": 0})
+    p4info = _with_initial_default(committed_p4info(), "agg_addr", "set_agg_addr", mac=0x0A0B, addr=0x0A000001)
+    p4info = _with_initial_default(p4info, "l2_forward", "flood")
+    schema = P4Schema(p4info)
+    assert schema.tables["agg_addr"].initial_default == Action("set_agg_addr", {"mac": 0x0A0B, "addr": 0x0A000001})
     assert schema.tables["l2_forward"].initial_default == Action("flood")
     assert schema.tables["workers"].const_default_action_id == schema.actions["NoAction"].id
+    assert schema.tables["workers"].initial_default == Action("NoAction")
 
 
 def test_default_unknown_without_json_is_refused() -> None:
-    p4info = contract_p4info()
-    for t in p4info.tables:
-        t.ClearField("initial_default_action")
-    with pytest.raises(SchemaError, match="agg_addr"):
-        P4Schema(p4info)
+    with pytest.raises(SchemaError, match="'l2_forward'.*push the BMv2 JSON"):
+        P4Schema(committed_p4info())
+    with pytest.raises(SchemaError, match="'agg_addr'.*push the BMv2 JSON"):
+        P4Schema(_with_initial_default(committed_p4info(), "l2_forward", "flood"))
 
 
 def test_defaults_from_bmv2_json() -> None:
-    p4info = contract_p4info()
+    p4info = committed_p4info()
+    # A JSON of the parts the parser reads: another agg_addr default than the program's, a table not in the P4Info.
     doc = {
         "actions": [
             {"name": "NoAction", "id": 0, "runtime_data": []},
@@ -158,35 +149,39 @@ def test_defaults_from_bmv2_json() -> None:
     }
     defaults = defaults_from_bmv2_json(json.dumps(doc).encode(), p4info)
     assert defaults == {"agg_addr": Action("set_agg_addr", {"mac": 0x0A0B, "addr": 0x0A000001})}
-    assert P4Schema(p4info, defaults).tables["agg_addr"].initial_default == defaults["agg_addr"]
+    schema = P4Schema(p4info, {**_committed_defaults(p4info), **defaults})
+    assert schema.tables["agg_addr"].initial_default == defaults["agg_addr"]
     with pytest.raises(SchemaError, match="BMv2 JSON"):
         defaults_from_bmv2_json(b"{not json", p4info)
 
 
 def test_default_must_be_an_action_of_the_table() -> None:
+    p4info = committed_p4info()
+    defaults = _committed_defaults(p4info)
     with pytest.raises(SchemaError, match="not one of its actions"):
-        P4Schema(contract_p4info(), {"workers": Action("forward", {"port": 1})})
+        P4Schema(p4info, {**defaults, "workers": Action("forward", {"port": 1})})
     with pytest.raises(SchemaError, match="params"):
-        P4Schema(contract_p4info(), {"agg_addr": Action("set_agg_addr", {"mac": 1})})
+        P4Schema(p4info, {**defaults, "agg_addr": Action("set_agg_addr", {"mac": 1})})
 
 
 def test_refuses_what_the_software_switch_cannot_realize() -> None:
-    p4info = contract_p4info()
-    p4info.tables[0].match_fields[0].match_type = p4i.MatchField.TERNARY
+    defaults = _committed_defaults(committed_p4info())
+    p4info = committed_p4info()
+    _named(p4info.tables, "workers").match_fields[0].match_type = p4i.MatchField.TERNARY
     with pytest.raises(SchemaError, match="only exact match"):
-        P4Schema(p4info)
-    p4info = contract_p4info()
-    p4info.tables[0].implementation_id = 0x11000001
+        P4Schema(p4info, defaults)
+    p4info = committed_p4info()
+    _named(p4info.tables, "workers").implementation_id = 0x11000001
     with pytest.raises(SchemaError, match="action profile"):
-        P4Schema(p4info)
-    p4info = contract_p4info()
-    p4info.tables[1].preamble.alias = p4info.tables[0].preamble.alias
+        P4Schema(p4info, defaults)
+    p4info = committed_p4info()
+    _named(p4info.tables, "results").preamble.alias = "workers"
     with pytest.raises(SchemaError, match="duplicate table"):
-        P4Schema(p4info)
+        P4Schema(p4info, defaults)
 
 
 def test_load_p4info_text_and_binary(tmp_path: Path) -> None:
-    p4info = contract_p4info()
+    p4info = committed_p4info()
     text = tmp_path / "p.txtpb"
     text.write_text(text_format.MessageToString(p4info))
     binary = tmp_path / "p.bin"
@@ -200,35 +195,36 @@ def test_load_p4info_text_and_binary(tmp_path: Path) -> None:
 
 
 def test_pipeline_differences_names_what_differs() -> None:
-    reference = contract_p4info()
-    assert pipeline_differences(reference, contract_p4info()) == []
+    reference = committed_p4info()
+    assert pipeline_differences(reference, committed_p4info()) == []
 
-    renamed = contract_p4info()
-    renamed.tables[0].preamble.alias = renamed.tables[0].preamble.name = "workerz"
+    renamed = committed_p4info()
+    workers = _named(renamed.tables, "workers")
+    workers.preamble.alias = workers.preamble.name = "workerz"
     diffs = pipeline_differences(reference, renamed)
     assert "table 'workers' is missing" in diffs
     assert "table 'workerz' is not in netagg's P4Info" in diffs
 
-    moved = contract_p4info()
-    moved.actions[1].preamble.id += 100
+    moved = committed_p4info()
+    _named(moved.actions, "set_worker").preamble.id += 100
     assert any(d.startswith("action 'set_worker' has id") for d in pipeline_differences(reference, moved))
 
-    wider = contract_p4info()
-    wider.tables[0].match_fields[0].bitwidth = 16
+    wider = committed_p4info()
+    _named(wider.tables, "workers").match_fields[0].bitwidth = 16
     assert any(d.startswith("table 'workers': key") for d in pipeline_differences(reference, wider))
 
-    smaller = contract_p4info()
-    smaller.counters[0].size = 1
-    assert "counter 'drops': size 1, expected 16" in pipeline_differences(reference, smaller)
+    smaller = committed_p4info()
+    _named(smaller.counters, "drops").size = 1
+    assert f"counter 'drops': size 1, expected {COUNTERS['drops']}" in pipeline_differences(reference, smaller)
 
 
-@pytest.mark.skipif(not REFERENCE_P4INFO.exists(), reason="the P4 program is not compiled yet")
 def test_committed_program_is_realizable() -> None:
-    p4info = load_p4info(REFERENCE_P4INFO)
-    defaults = defaults_from_bmv2_json(REFERENCE_BMV2_JSON.read_bytes(), p4info)
+    """The committed BMv2 JSON gives every table's default, and they are the contract's initial defaults."""
+    p4info = committed_p4info()
+    defaults = _committed_defaults(p4info)
     schema = P4Schema(p4info, defaults)
     assert set(defaults) == set(schema.tables), "the BMv2 JSON names every P4Info table's default"
     assert pipeline_differences(p4info, p4info) == []
-    assert set(CONTRACT_KEYS) <= set(schema.tables)
-    assert schema.tables["agg_addr"].initial_default == Action("set_agg_addr", {"mac": 0, "addr": 0})
-    assert schema.tables["l2_forward"].initial_default == Action("flood")
+    assert {name: t.initial_default for name, t in schema.tables.items()} == {
+        name: _contract_default(name) for name in TABLES
+    }
