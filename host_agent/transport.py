@@ -126,7 +126,6 @@ class Transport:
         self._dst = (session.switch.addr, session.switch.port)
         self._on_complete = on_complete
         self._on_fail = on_fail
-        self._lanes = session.lanes
         self._size = session.size_code
         self._msg_len = message_bytes(session.lanes)
         self._n = session.world_size
@@ -135,7 +134,7 @@ class Transport:
         self._w = w
         self._phase = [_NEED_WARMUP] * w
         self._round = [0] * w  # round number j of the slot's current (or next) round
-        # Header fields of each slot's current round, kept in step with _round (see _next_round).
+        # Header fields of each slot's current round, kept in step with _round (a completed round bumps them).
         self._pools = [(pool_index(s, 0), pool_index(s, 1)) for s in range(w)]
         self._tsi = list(range(w))  # (j * W + s) mod 2**32
         self._pool = [pools[0] for pools in self._pools]  # pool_index(s, j % 2)
@@ -440,14 +439,6 @@ class Transport:
         op, row = qd[0]
         return op.block_exps[row]
 
-    def _advance(self, s: int) -> None:
-        """Pop the slot's head chunk."""
-        qd = self._queue[s]
-        entry = qd[0]
-        entry[1] += self._w
-        if entry[1] >= entry[0].blocks:
-            qd.popleft()
-
     def _send_pending(self, now: float) -> None:
         if not self._pending:
             return
@@ -510,7 +501,8 @@ class Transport:
         )
         rto = self._rtt.rto
         send, loss, sent = self._send, self._loss, 0
-        # The bodies of _advance, _announce, _pack, _first_send and _transmit, inlined: this runs once per packet.
+        # Popping the head chunk and the bodies of _announce, _pack, _first_send and _transmit, inlined: this
+        # runs once per packet.
         for i, (s, row) in enumerate(zip(slots, rows.tolist())):
             pkt_payload[s][:] = wire[i * nb : (i + 1) * nb]
             out_op[s] = op
