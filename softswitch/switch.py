@@ -112,6 +112,7 @@ class SoftSwitch:
         poller.register(self._wake_read, select.POLLIN)
         receive = self.ports.receive
         send = self.ports.send
+        flush = self.ports.flush
         process = self.pipeline.process
         wake = self._wake_read
 
@@ -129,3 +130,5 @@ class SoftSwitch:
                     continue
                 # POLLERR too: reading consumes the socket error (e.g. ENETDOWN while a link flaps).
                 receive(fd, handle)
+            # Frames queued by the whole batch leave now, one system call per port with a transmit ring.
+            flush()

@@ -157,16 +157,19 @@ def is_result_for(udp_port: int):  # type: ignore[no-untyped-def]
     return match
 
 
+def _refuse(*args: object) -> None:
+    raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+
+
+@pytest.mark.parametrize("tx_ring", [True, False], ids=["tx-ring", "send"])
 @pytest.mark.parametrize("ring", [True, False], ids=["rx-ring", "recv"])
 def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(
-    veths: Veths, ring: bool, monkeypatch: pytest.MonkeyPatch
+    veths: Veths, ring: bool, tx_ring: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not ring:  # a kernel that refuses PACKET_RX_RING: the ports fall back to a receive call per frame
-
-        def refuse(*args: object) -> None:
-            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
-
-        monkeypatch.setattr(ports_module, "RxRing", refuse)
+        monkeypatch.setattr(ports_module, "RxRing", _refuse)
+    if not tx_ring:  # a kernel that refuses PACKET_TX_RING: the ports fall back to a send call per frame
+        monkeypatch.setattr(ports_module, "TxRing", _refuse)
     state = contract_state()
     install_switch(state, ports=(1, 2))
     job = make_job(5, 2, ports=(1, 2), size=1)
@@ -177,8 +180,9 @@ def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(
         state.bump()
     pipeline = Pipeline(state, seed=1)
     with inside(veths.namespace):
-        ports = AfPacketPorts({1: "sw1", 2: "sw2"})
+        ports = AfPacketPorts({1: "sw1", 2: "sw2"}, tx_ring=True)
     assert ports.ring_ports() == ([1, 2] if ring else [])
+    assert ports.tx_ring_ports() == ([1, 2] if tx_ring else [])
     with (
         SoftSwitch(pipeline, ports),
         raw_socket(veths.test_ifaces[0]) as t1,
@@ -216,6 +220,16 @@ def test_missing_interface_is_a_clear_error(veths: Veths) -> None:
         AfPacketPorts({1: "sw1", 3: "nosuchif0"})
 
 
+def test_transmit_ring_is_off_unless_asked_for(veths: Veths) -> None:
+    with inside(veths.namespace):
+        ports = AfPacketPorts({1: "sw1"})
+    with ports, raw_socket(veths.test_ifaces[0]) as t1:
+        assert ports.tx_ring_ports() == []
+        ports.send(1, numbered(0))  # leaves at once, without a flush
+        assert receive_numbers(t1, 1) == [0]
+        assert ports.stats.tx == 1
+
+
 def test_cli_serves_af_packet_ports_and_stops_on_sigterm(veths: Veths, tmp_path: Path) -> None:
     program = Path(sys.executable).parent / "netagg-softswitch"
     sock_path = tmp_path / "p4rt.sock"
@@ -247,3 +261,118 @@ def test_cli_serves_af_packet_ports_and_stops_on_sigterm(veths: Veths, tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=DEADLINE_S)
+
+
+def numbered(i: int, length: int = 64) -> bytes:
+    """A plain frame to port 1's test end carrying ``i`` (to check the order frames arrive in)."""
+    return plain_frame(MARKER_TO_1, 0x02_00_00_00_55_01, length=length)[:-4] + i.to_bytes(4, "big")
+
+
+def receive_numbers(sock: socket.socket, count: int) -> list[int]:
+    return [int.from_bytes(receive_matching(sock, is_plain)[-4:], "big") for _ in range(count)]
+
+
+def test_transmit_ring_wraps_and_keeps_the_order(veths: Veths, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A ring of 4 frames: 50 sends without a flush fill it over and over (flush on full, plain send when the
+    # kernel still holds every ring frame); the frames must all arrive, in order.
+    monkeypatch.setattr(ports_module, "TX_RING_BYTES", 8192)
+    with inside(veths.namespace):
+        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
+    with ports, raw_socket(veths.test_ifaces[0]) as t1:
+        assert ports.tx_ring_ports() == [1]
+        assert ports._tx_rings[1].frame_nr == 4
+        for i in range(50):
+            ports.send(1, numbered(i))
+        ports.flush()
+        assert receive_numbers(t1, 50) == list(range(50))
+        assert (ports.stats.tx, ports.stats.tx_errors) == (50, 0)
+
+
+def test_full_transmit_ring_falls_back_to_a_send_call_in_order(veths: Veths) -> None:
+    with inside(veths.namespace):
+        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
+    with ports, raw_socket(veths.test_ifaces[0]) as t1:
+        ring = ports._tx_rings[1]
+        ports.send(1, numbered(0))  # queued, not yet sent
+        # The kernel still holds the next ring frame (as while a sent frame is in flight): the next two frames
+        # go by send calls, after frame 0, which the full ring flushes first.
+        busy = (ring._head * ring.frame_size) >> 2
+        assert ring.pending() and ring._words[busy] == ports_module.TP_STATUS_AVAILABLE
+        ring._words[busy] = 2  # TP_STATUS_SENDING
+        ports.send(1, numbered(1))
+        ports.send(1, numbered(2))
+        assert ports.stats.tx_fallback == 2 and not ring.pending()
+        ring._words[busy] = ports_module.TP_STATUS_AVAILABLE
+        ports.send(1, numbered(3))
+        ports.flush()
+        assert receive_numbers(t1, 4) == [0, 1, 2, 3]
+        assert (ports.stats.tx, ports.stats.tx_fallback, ports.stats.tx_errors) == (4, 2, 0)
+
+
+@pytest.mark.parametrize("tx_ring", [True, False], ids=["tx-ring", "send"])
+def test_oversized_frame_is_counted_and_the_others_keep_their_order(
+    veths: Veths, tx_ring: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not tx_ring:
+        monkeypatch.setattr(ports_module, "TxRing", _refuse)
+    with inside(veths.namespace):
+        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
+    with ports, raw_socket(veths.test_ifaces[0]) as t1:
+        assert ports.tx_ring_ports() == ([1] if tx_ring else [])
+        ports.send(1, numbered(0))
+        ports.send(1, numbered(1, length=1500 + 14 + 1))  # one byte over the veth's MTU: the kernel refuses it
+        ports.send(1, numbered(2))
+        ports.send(3, numbered(3))  # no such port
+        ports.flush()
+        assert receive_numbers(t1, 2) == [0, 2]
+        assert (ports.stats.tx, ports.stats.tx_errors, ports.stats.tx_unroutable) == (2, 1, 1)
+
+
+def wait_until_operational(veths: Veths, switch_iface: str) -> None:
+    """Poll until both ends of a pair report state UP (the kernel drops what is sent before, silently)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        states = [
+            subprocess.run(argv, check=True, capture_output=True, text=True, timeout=20).stdout
+            for argv in (
+                ["ip", "-n", veths.namespace, "-o", "link", "show", switch_iface],
+                ["ip", "-o", "link", "show", veths.test_ifaces[SWITCH_IFACES.index(switch_iface)]],
+            )
+        ]
+        if all("state UP" in state for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{switch_iface} not up before the deadline")
+
+
+@pytest.mark.parametrize("tx_ring", [True, False], ids=["tx-ring", "send"])
+def test_frames_refused_by_a_down_link_are_counted_and_sending_resumes(
+    veths: Veths, tx_ring: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not tx_ring:
+        monkeypatch.setattr(ports_module, "TxRing", _refuse)
+    with inside(veths.namespace):
+        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
+    link = ["ip", "netns", "exec", veths.namespace, "ip", "link", "set", "sw1"]
+    with ports, raw_socket(veths.test_ifaces[0]) as t1:
+        _run(*link, "down")
+        try:
+            ports.send(1, numbered(0))
+            ports.send(1, numbered(1))
+            ports.flush()  # ENETDOWN: both dropped, and the ring must be ready for the next frame
+        finally:
+            _run(*link, "up")
+        assert (ports.stats.tx, ports.stats.tx_errors) == (0, 2)
+        wait_until_operational(veths, "sw1")
+        # The flap left ENETDOWN pending on the receive socket: poll reports it until the switch loop's receive
+        # reads it (else the loop would spin), and it must not cost the next frame sent.
+        (fd,) = ports.fds()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(0) == [(fd, select.POLLERR)]
+        ports.receive(fd, lambda frame, port: None)
+        assert poller.poll(0) == []
+        ports.send(1, numbered(2))
+        ports.flush()
+        assert receive_numbers(t1, 1) == [2]
+        assert (ports.stats.tx, ports.stats.tx_errors) == (1, 2)
