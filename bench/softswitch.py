@@ -35,6 +35,9 @@ from bench.procs import REPO, ReadyProcess
 from netagg.constants import LANE_BYTES, MsgType
 from netagg.wire import AGG_OFFSET, HEADER_FIELDS, pack_header, size_for_lanes
 
+#: The committed pipeline every target is programmed with.
+P4INFO = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
+BMV2_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
 NUM_WORKERS = 4
 ETH_P_IP = 0x0800
 SOCKET_BUFFER_BYTES = 4 << 20
@@ -320,7 +323,7 @@ def _start_target(
     proc = targets.TargetProcess(target, topology.namespace, switch_ifaces, workdir)  # type: ignore[attr-defined]
     proc.start()
     stack.callback(proc.stop)
-    session = p4rt.P4RuntimeSession(proc.grpc_addr, targets.P4INFO, targets.BMV2_JSON, targets.DEVICE_ID)
+    session = p4rt.P4RuntimeSession(proc.grpc_addr, P4INFO, BMV2_JSON, targets.DEVICE_ID)
     session.open()
     stack.callback(session.close)
     stack.callback(session.delete_multicast_groups)  # BMv2 keeps them across pipeline pushes
