@@ -171,9 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _stats(self, query: dict[str, list[str]]) -> dict[str, Any]:
         jobs = self.server.manager.active_jobs()
         wanted = query.get("job")
-        if wanted:
-            name = wanted[0]
-            jobs = [j for j in jobs if j.name == name]
-            if not jobs:
-                raise UnknownJob(name)
-        return self.server.stats(jobs)
+        if not wanted:
+            return self.server.stats(jobs)
+        name = wanted[0]
+        result = self.server.stats([j for j in jobs if j.name == name])
+        if name not in result["jobs"]:  # neither active nor recently finished
+            raise UnknownJob(name)
+        result["jobs"] = {name: result["jobs"][name]}
+        return result

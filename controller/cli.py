@@ -118,7 +118,7 @@ def format_stats(reply: dict[str, Any]) -> str:
     drops = reply["switch"]["drops"]
     lines += [f"  {name:<20} {value['packets']:>12}" for name, value in drops.items()]
     for name, job in reply["jobs"].items():
-        lines.append(f"job {name} (id {job['job_id']}):")
+        lines.append(f"job {name} (id {job['job_id']}, {job.get('state', 'active')}):")
         for key, value in job.items():
             if isinstance(value, dict) and "packets" in value:
                 lines.append(f"  {key:<20} {value['packets']:>12}")

@@ -155,12 +155,14 @@ class JobManager:
         lease_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_admitted: Callable[[Job], None] | None = None,
+        on_teardown: Callable[[Job], None] | None = None,
     ) -> None:
         self.topology = topology
         self.lease_seconds = topology.lease_seconds if lease_seconds is None else lease_seconds
         self._programmer = programmer
         self._clock = clock
         self._on_admitted = on_admitted
+        self._on_teardown = on_teardown
         self._pool = SlotPool(topology.pool_slots)
         self._cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
@@ -352,6 +354,8 @@ class JobManager:
 
     def _teardown(self, job: Job, reason: str) -> None:
         """Delete the job's entries, then free its id and range (the job is already out of ``_active``)."""
+        if self._on_teardown is not None:
+            self._on_teardown(job)  # e.g. read the job's final counters while its id is still its own
         # Delete before freeing: a new job reusing the id must not collide with entries still on the switch.
         self._programmer.remove_job(job)
         with self._cond:

@@ -34,7 +34,13 @@ class Controller:
         self.topology = topology
         self.switch = SwitchConnection(topology, p4info, bmv2_json)
         self.stats = StatsReader(self.switch)
-        self.jobs = JobManager(topology, self.switch, lease_seconds=lease_seconds, on_admitted=self.stats.mark_start)
+        self.jobs = JobManager(
+            topology,
+            self.switch,
+            lease_seconds=lease_seconds,
+            on_admitted=self.stats.mark_start,
+            on_teardown=self.stats.mark_end,
+        )
         self._api_address = api_address
         self.api: ApiServer | None = None
 

@@ -6,6 +6,7 @@ minus a baseline read when the job was admitted. A pushed pipeline zeroes the co
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ from .jobs import Job
 log = logging.getLogger(__name__)
 
 Counts = dict[int, tuple[int, int]]  # index -> (packets, bytes)
+
+#: Finished jobs whose final figures stay readable (a short job can end before anyone asked).
+FINISHED_MEMORY = 64
 
 
 class CounterSource(Protocol):
@@ -69,6 +73,8 @@ class StatsReader:
         self._lock = threading.Lock()
         # job id -> (pipeline generation, job_stats baseline, job_drops baseline)
         self._baselines: dict[int, tuple[int, Counts, Counts]] = {}
+        # job name -> its final figures, read at teardown, oldest first
+        self._finished: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
 
     def mark_start(self, job: Job) -> None:
         """Record the job id's counters at admission."""
@@ -82,6 +88,24 @@ class StatsReader:
             stats, drops = {}, {}
         with self._lock:
             self._baselines[job.job_id] = (generation, stats, drops)
+            self._finished.pop(job.name, None)
+
+    def mark_end(self, job: Job) -> None:
+        """Keep the job's final figures (read before its id can be reused) for later stats calls."""
+        try:
+            stats = self._source.read_counter("job_stats", job_stat_indices(job.job_id))
+            drops = self._source.read_counter("job_drops", job_drop_indices(job.job_id))
+        except SwitchError as ex:
+            log.warning("cannot read the final counters of job %r (%s); its figures are not kept", job.name, ex)
+            return
+        base_stats, base_drops = self._baseline(job.job_id)
+        figures = format_job(job, stats, drops, base_stats, base_drops)
+        figures["state"] = "finished"
+        with self._lock:
+            self._finished[job.name] = figures
+            self._finished.move_to_end(job.name)
+            while len(self._finished) > FINISHED_MEMORY:
+                self._finished.popitem(last=False)
 
     def _baseline(self, job_id: int) -> tuple[Counts, Counts]:
         with self._lock:
@@ -91,7 +115,10 @@ class StatsReader:
         return stats, drops
 
     def collect(self, jobs: Sequence[Job]) -> dict[str, Any]:
-        """{"switch": {"drops": ...}, "jobs": {name: ...}} for the given (active) jobs."""
+        """{"switch": {"drops": ...}, "jobs": {name: ...}}: the given active jobs, then recently finished ones.
+
+        Each job's figures carry ``"state"``: ``"active"``, or ``"finished"`` (final, read at teardown).
+        """
         drops = self._source.read_counter("drops")
         result: dict[str, Any] = {"switch": format_switch(drops), "jobs": {}}
         if jobs:
@@ -100,4 +127,9 @@ class StatsReader:
             for job in jobs:
                 base_stats, base_drops = self._baseline(job.job_id)
                 result["jobs"][job.name] = format_job(job, stats, job_drops, base_stats, base_drops)
+                result["jobs"][job.name]["state"] = "active"
+        with self._lock:
+            finished = list(self._finished.items())
+        for name, figures in finished:
+            result["jobs"].setdefault(name, figures)
         return result

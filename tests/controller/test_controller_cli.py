@@ -93,7 +93,7 @@ port = 1
         assert stats["jobs"]["cli"]["aggregated"]["packets"] == 5
         assert main(["stats", "--api-addr", api]) == 0
         table = capsys.readouterr().out
-        assert "job cli (id 0):" in table and "aggregated" in table
+        assert "job cli (id 0, active):" in table and "aggregated" in table
 
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)

@@ -196,6 +196,10 @@ def test_two_jobs_aggregate_and_stats_match(rig) -> None:
     poll(lambda: client.stats()["switch"]["drops"]["unknown_worker"]["packets"] == 1, 10,
          "the UPDATE of a torn-down job to be dropped as unknown_worker")
     assert [j["job"] for j in client.jobs()["jobs"]] == ["b"]
+    # The torn-down job's final figures stay readable (a short job can end before anyone asked).
+    final = client.stats("a")["jobs"]["a"]
+    assert final["state"] == "finished" and final["aggregated"]["packets"] == 10 and final["completed"]["packets"] == 5
+    assert client.stats()["jobs"]["b"]["state"] == "active"
 
 
 def test_switch_restart_is_reprogrammed_without_help(rig) -> None:
