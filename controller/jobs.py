@@ -208,6 +208,9 @@ class JobManager:
             with self._cond:
                 self._drop_pending(pending, ex)
             raise
+        if self._on_admitted is not None:
+            # Before any rank learns it is admitted: counter baselines must precede the job's first packet.
+            self._on_admitted(job)
         with self._cond:
             now = self._clock()
             self._active[job.name] = _Active(job, {r: now for r in range(job.world_size)})
@@ -218,8 +221,6 @@ class JobManager:
             "job %r admitted: id %d, %d workers, %d lanes, slots %d..%d, epoch %d",
             job.name, job.job_id, job.world_size, job.lanes, job.pool.base, job.pool.end - 1, job.epoch,
         )
-        if self._on_admitted is not None:
-            self._on_admitted(job)
         return self._admission(job, req.rank)
 
     def _validate(self, req: JoinRequest) -> Worker:
