@@ -7,19 +7,13 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from finsy.proto import p4r, rpc_code
-from p4runtime_testlib import DEVICE_ID, Client, Running, insert, netagg_program, running_server
+from p4runtime_testlib import DEVICE_ID, Client, Running, insert, netagg_program
 
 from netagg.softswitch.codec import decode_u128
 from netagg.softswitch.p4runtime_server import P4RuntimeServer
 from netagg.softswitch.state import SwitchState
 
 pytestmark = pytest.mark.loopback
-
-
-@pytest.fixture
-def sw() -> Iterator[Running]:
-    with running_server() as running:
-        yield running
 
 
 @pytest.fixture

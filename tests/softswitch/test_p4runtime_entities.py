@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from finsy.proto import p4r
-from p4runtime_testlib import Client, Running, delete, insert, modify, running_server
+from p4runtime_testlib import Client, Running, delete, insert, modify
 
 from netagg.constants import FLOOD_MCAST_GROUP, JOB_MCAST_GROUP_BASE, MAX_JOBS, NUM_JOB_STATS, JobStat
 from netagg.softswitch.state import Action
@@ -32,21 +30,6 @@ KEYED = {
     "ingress_loss": ((1,), "set_loss", {"threshold": 1 << 30}, "set_loss", {"threshold": 0}),
     "egress_loss": ((511,), "set_loss", {"threshold": 0xFFFFFFFF}, "set_loss", {"threshold": 1}),
 }
-
-
-@pytest.fixture
-def sw() -> Iterator[Running]:
-    with running_server() as running:
-        yield running
-
-
-@pytest.fixture
-def client(sw: Running) -> Iterator[Client]:
-    c = sw.client()
-    c.become_primary(1)
-    c.push(c.program.config())
-    yield c
-    c.close()
 
 
 @pytest.mark.parametrize("table", sorted(KEYED))

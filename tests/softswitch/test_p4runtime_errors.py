@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from finsy.proto import p4r
@@ -14,7 +12,6 @@ from p4runtime_testlib import (
     delete,
     insert,
     modify,
-    running_server,
     update,
     write_error_details,
 )
@@ -25,21 +22,6 @@ from netagg.softswitch.state import Action
 pytestmark = pytest.mark.loopback
 
 WORKER = {"worker_id": 1, "num_workers": 2, "pool_base": 0, "pool_size": 8, "size": 0, "epoch": 1, "port": 2}
-
-
-@pytest.fixture
-def sw() -> Iterator[Running]:
-    with running_server() as running:
-        yield running
-
-
-@pytest.fixture
-def client(sw: Running) -> Iterator[Client]:
-    c = sw.client()
-    c.become_primary(1)
-    c.push(c.program.config())
-    yield c
-    c.close()
 
 
 def _refused(client: Client, *updates: p4r.Update) -> list[p4r.Error]:

@@ -21,12 +21,6 @@ Get = p4r.GetForwardingPipelineConfigRequest
 
 
 @pytest.fixture
-def sw() -> Iterator[Running]:
-    with running_server() as running:
-        yield running
-
-
-@pytest.fixture
 def client(sw: Running) -> Iterator[Client]:
     c = sw.client()
     c.become_primary(1)
