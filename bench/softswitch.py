@@ -32,12 +32,12 @@ import numpy as np
 
 from bench.common import report
 from bench.procs import REPO, ReadyProcess
+from netagg import artifacts
 from netagg.constants import LANE_BYTES, MsgType
 from netagg.wire import AGG_OFFSET, HEADER_FIELDS, pack_header, size_for_lanes
 
 #: The committed pipeline every target is programmed with.
-P4INFO = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
-BMV2_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
+P4INFO, BMV2_JSON = artifacts.P4INFO, artifacts.BMV2_JSON
 NUM_WORKERS = 4
 ETH_P_IP = 0x0800
 SOCKET_BUFFER_BYTES = 4 << 20

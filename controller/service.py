@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from netagg import artifacts
+
 from .api import ApiServer
 from .jobs import JobManager
 from .stats import StatsReader
@@ -13,10 +15,9 @@ from .topology import Topology
 
 log = logging.getLogger(__name__)
 
-#: The compiled pipeline committed in the repository (found relative to this package's source folder).
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_P4INFO = REPO_ROOT / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
-DEFAULT_BMV2_JSON = REPO_ROOT / "p4" / "v1model" / "build" / "netagg.json"
+#: The compiled pipeline committed in the repository.
+DEFAULT_P4INFO = artifacts.P4INFO
+DEFAULT_BMV2_JSON = artifacts.BMV2_JSON
 
 
 class Controller:

@@ -17,15 +17,15 @@ from finsy.proto import p4i
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from netagg import artifacts
+
 from .codec import EncodingError, decode_uint
 from .state import Action, CounterArray, SwitchState, Table
 
-#: Repository root (the package's ``softswitch/`` folder sits directly below it in a source checkout).
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The committed P4Info of the netagg program: the only program the software switch accepts.
-REFERENCE_P4INFO = REPO_ROOT / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
+REFERENCE_P4INFO = artifacts.P4INFO
 #: The committed BMv2 JSON of the same program (initial default actions come from it when pushed without one).
-REFERENCE_BMV2_JSON = REPO_ROOT / "p4" / "v1model" / "build" / "netagg.json"
+REFERENCE_BMV2_JSON = artifacts.BMV2_JSON
 
 #: P4 core's no-op action: the default of tables that name no other.
 NO_ACTION = "NoAction"

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from finsy.proto import p4i
 from google.protobuf import text_format
 
+from netagg import artifacts
 from netagg import constants as c
 
-REPO = Path(__file__).resolve().parents[1]
 #: The committed artifacts of the v1model program (`make -C p4` writes them).
-P4INFO_PATH = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
-BMV2_JSON_PATH = REPO / "p4" / "v1model" / "build" / "netagg.json"
+P4INFO_PATH, BMV2_JSON_PATH = artifacts.P4INFO, artifacts.BMV2_JSON
 
 Fields = tuple[tuple[str, int], ...]  # (name, bit width) in order
 

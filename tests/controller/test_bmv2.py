@@ -18,14 +18,13 @@ from pathlib import Path
 import finsy.switch
 import pytest
 
+from netagg import artifacts
 from netagg.controller.jobs import JobManager, JoinRequest
 from netagg.controller.switch import SwitchConnection
 
 pytestmark = [pytest.mark.bmv2, pytest.mark.netns]
 
-REPO = Path(__file__).resolve().parents[2]
-P4INFO = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
-BMV2_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
+P4INFO, BMV2_JSON = artifacts.P4INFO, artifacts.BMV2_JSON
 
 if os.geteuid() != 0:
     pytest.skip("needs root to create a network namespace for simple_switch_grpc", allow_module_level=True)

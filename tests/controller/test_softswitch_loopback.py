@@ -20,6 +20,7 @@ import finsy.switch
 import numpy as np
 import pytest
 
+from netagg import artifacts
 from netagg.constants import MsgType
 from netagg.controller.client import ControllerClient, JoinResult
 from netagg.controller.service import Controller
@@ -28,9 +29,7 @@ from netagg.wire import AggHeader, decode, encode, size_for_lanes
 
 pytestmark = pytest.mark.loopback
 
-REPO = Path(__file__).resolve().parents[2]
-P4INFO = REPO / "p4" / "v1model" / "build" / "netagg.p4info.txtpb"
-BMV2_JSON = REPO / "p4" / "v1model" / "build" / "netagg.json"
+P4INFO, BMV2_JSON = artifacts.P4INFO, artifacts.BMV2_JSON
 
 if not (P4INFO.is_file() and BMV2_JSON.is_file()):
     pytest.skip("the compiled pipeline (p4/v1model/build/) is not committed yet; the software switch needs its P4Info",

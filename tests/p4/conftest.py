@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 from finsy.proto import p4i
-from p4info_contract import REPO, committed_bmv2_json, committed_p4info
+from p4info_contract import committed_bmv2_json, committed_p4info
+
+from netagg.artifacts import REPO_ROOT
 
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
-    return REPO
+    return REPO_ROOT
 
 
 @pytest.fixture(scope="session")
