@@ -12,8 +12,9 @@ import enum
 #: UDP port of the switch's aggregation endpoint (workers send UPDATEs to it; RESULTs come from it).
 AGG_UDP_PORT = 0xBEE0  # 48864
 
-#: Aggregation header version this module describes (docs/protocol.md, "Wire format v1").
-WIRE_VERSION = 1
+#: Aggregation header version this module describes (docs/protocol.md, "Wire format v2"); the top two bits of
+#: header byte 0. A frame with another version (v1 frames have 0 there) is dropped as ``BAD_VERSION``.
+WIRE_VERSION = 2
 
 #: Largest number of workers in one job: the per-slot worker bitmap is 32 bits wide.
 MAX_WORKERS = 32
@@ -48,25 +49,32 @@ JOB_MCAST_GROUP_BASE = 0x100
 #: Width of a switch port number on v1model targets (BMv2's ``egress_spec``).
 PORT_BITS = 9
 
-#: Job epochs are 16 bits; epoch 0 means "never used" (the state registers start at zero).
-EPOCH_BITS = 16
+#: Job epochs are 32 bits; epoch 0 means "never used" (the state registers start at zero). The controller hands out
+#: epochs that only grow over the lifetime of a pushed pipeline, so a slot copy left by any earlier job never
+#: matches a later job's epoch (docs/protocol.md, "Why the epoch").
+EPOCH_BITS = 32
+
+#: Width of a worker's data-plane key (the secret the switch checks in every UPDATE; docs/security.md).
+KEY_BITS = 32
 
 
 class MsgType(enum.IntEnum):
-    """High nibble of header byte 0."""
+    """The ``msg_type`` field of header byte 0 (bits 5-4; docs/protocol.md)."""
 
     UPDATE = 0  # worker -> switch: one chunk's lanes
     RESULT = 1  # switch -> worker: the finished sum of a chunk
 
 
 class Flag(enum.IntFlag):
-    """Bits of the header's ``flags`` byte."""
+    """Bits of the header's ``flags`` byte. The switch ORs them over a round's contributions."""
 
     NONFINITE = 0x01  # the chunk held inf or NaN (UPDATE); some worker's did (RESULT)
+    ABORT = 0x02  # the sender gave up on this collective (a local error): every worker fails it (RESULT)
+    MISMATCH = 0x04  # set by the switch: contributions to the round carried different ``op`` values
 
 
 #: Bits of ``flags`` that are defined; others must be zero.
-FLAGS_DEFINED = int(Flag.NONFINITE)
+FLAGS_DEFINED = int(Flag.NONFINITE | Flag.ABORT | Flag.MISMATCH)
 
 
 class DropReason(enum.IntEnum):
@@ -82,6 +90,9 @@ class DropReason(enum.IntEnum):
     DUPLICATE_PENDING = 7  # retransmission while the slot's round is still incomplete
     STALE = 8  # contribution for a round other than the slot's current one
     SIMULATED_LOSS = 9  # dropped by the drop simulator (ingress or egress)
+    BAD_VERSION = 10  # the header's version is not WIRE_VERSION (for example a v1 frame)
+    BAD_KEY = 11  # the UPDATE's key is not the one admitted for its (job, source address, source port)
+    INTERNAL_ERROR = 12  # the software switch failed handling the frame (a bug, never the sender's fault)
 
 
 #: Entries in each drop-reason counter group (room to grow without resizing counter arrays).

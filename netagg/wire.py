@@ -1,14 +1,16 @@
-"""Wire format v1: the aggregation header and payload, defined once.
+"""Wire format v2: the aggregation header and payload, defined once.
 
 Layout (big-endian), after Ethernet II / IPv4 without options / UDP::
 
-    byte 0     msg_type:4 | reserved:1 | size:3
-    byte 1     job                      uint8
-    bytes 2-5  tsi                      uint32   chunk sequence number (RESULT echoes it)
-    bytes 6-7  set:1 | slot:15          uint16   pool_index
-    byte 8     exp                      int8     block exponent (see docs/protocol.md)
-    byte 9     flags                    uint8    bit 0: non-finite
-    payload    (32 << size) x int32, two's complement, big-endian
+    byte 0       version:2 | msg_type:2 | reserved:1 | size:3     version = WIRE_VERSION (2)
+    byte 1       job                      uint8
+    bytes 2-5    tsi                      uint32   chunk sequence number (RESULT echoes it)
+    bytes 6-7    set:1 | slot:15          uint16   pool_index
+    byte 8       exp                      int8     block exponent (see docs/protocol.md)
+    byte 9       flags                    uint8    bit 0 NONFINITE, bit 1 ABORT, bit 2 MISMATCH
+    bytes 10-13  key                      uint32   UPDATE: the sender's key; RESULT: the receiver's key
+    bytes 14-17  op                       uint32   which collective the chunk belongs to (RESULT: the round's)
+    payload      (32 << size) x int32, two's complement, big-endian
 
 ``HEADER_FIELDS`` is the bit-level description the P4 header is generated from and checked against;
 ``pack_header``/``unpack_header`` are the byte-level codec every Python component uses.
@@ -22,12 +24,13 @@ from typing import Final
 
 import numpy as np
 
-from netagg.constants import FLAGS_DEFINED, LANE_BYTES, LANES_PER_BLOCK, SIZE_CODES, MsgType
+from netagg.constants import FLAGS_DEFINED, LANE_BYTES, LANES_PER_BLOCK, SIZE_CODES, WIRE_VERSION, MsgType
 
 #: (name, width in bits) of every header field, in wire order. The P4 ``agg_h`` header is generated
 #: from this list; tests compare it with the compiled BMv2 JSON.
 HEADER_FIELDS: Final[tuple[tuple[str, int], ...]] = (
-    ("msg_type", 4),
+    ("version", 2),
+    ("msg_type", 2),
     ("reserved", 1),
     ("size", 3),
     ("job", 8),
@@ -36,9 +39,11 @@ HEADER_FIELDS: Final[tuple[tuple[str, int], ...]] = (
     ("slot", 15),
     ("exp", 8),
     ("flags", 8),
+    ("key", 32),
+    ("op", 32),
 )
 
-_HEADER: Final = struct.Struct("!BBIHbB")
+_HEADER: Final = struct.Struct("!BBIHbBII")
 HEADER_BYTES: Final[int] = _HEADER.size
 assert HEADER_BYTES * 8 == sum(width for _, width in HEADER_FIELDS)
 
@@ -46,7 +51,7 @@ assert HEADER_BYTES * 8 == sum(width for _, width in HEADER_FIELDS)
 LANE_DTYPE: Final = np.dtype(">i4")
 
 ETH_HEADER_BYTES: Final = 14
-IPV4_HEADER_BYTES: Final = 20  # v1 packets carry no IPv4 options
+IPV4_HEADER_BYTES: Final = 20  # aggregation packets carry no IPv4 options
 UDP_HEADER_BYTES: Final = 8
 #: Offset of the aggregation header in an Ethernet frame.
 AGG_OFFSET: Final = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES
@@ -54,10 +59,11 @@ AGG_OFFSET: Final = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES
 SLOT_MAX: Final = (1 << 15) - 1
 EXP_MIN: Final = -128
 EXP_MAX: Final = 127
+U32_MAX: Final = 0xFFFFFFFF
 
 
 class WireError(ValueError):
-    """A buffer is not a valid v1 aggregation message."""
+    """A buffer is not a valid v2 aggregation message."""
 
 
 def lanes_for_size(size: int) -> int:
@@ -93,6 +99,8 @@ class AggHeader:
     set: int
     exp: int
     flags: int
+    key: int = 0
+    op: int = 0
 
     @property
     def lanes(self) -> int:
@@ -111,6 +119,8 @@ def pack_header(
     set: int,  # noqa: A002 - the protocol's own name for the copy bit
     exp: int,
     flags: int = 0,
+    key: int = 0,
+    op: int = 0,
 ) -> None:
     """Write a header into ``buf`` at ``offset``; raises WireError for out-of-range fields."""
     if msg_type not in (MsgType.UPDATE, MsgType.RESULT):
@@ -129,15 +139,22 @@ def pack_header(
         raise WireError(f"exponent {exp} does not fit in int8")
     if flags & ~FLAGS_DEFINED & 0xFF or not 0 <= flags <= 0xFF:
         raise WireError(f"flags {flags:#x} has undefined bits (defined: {FLAGS_DEFINED:#x})")
-    _HEADER.pack_into(buf, offset, (msg_type << 4) | size, job, tsi, (set << 15) | slot, exp, flags)
+    if not 0 <= key <= U32_MAX:
+        raise WireError(f"key {key} does not fit in 32 bits")
+    if not 0 <= op <= U32_MAX:
+        raise WireError(f"op {op} does not fit in 32 bits")
+    _HEADER.pack_into(buf, offset, header_byte0(msg_type, size), job, tsi, (set << 15) | slot, exp, flags, key, op)
 
 
 def unpack_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> AggHeader:
     """Decode and validate the header at ``offset``; raises WireError for any malformed field."""
     if len(buf) - offset < HEADER_BYTES:
         raise WireError(f"truncated header: {len(buf) - offset} bytes, need {HEADER_BYTES}")
-    b0, job, tsi, pool_index, exp, flags = _HEADER.unpack_from(buf, offset)
-    kind = b0 >> 4
+    b0, job, tsi, pool_index, exp, flags, key, op = _HEADER.unpack_from(buf, offset)
+    version = b0 >> 6
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version}, expected {WIRE_VERSION}")
+    kind = (b0 >> 4) & 0x03
     if kind not in (MsgType.UPDATE, MsgType.RESULT):
         raise WireError(f"unknown msg_type {kind}")
     if b0 & 0x08:
@@ -147,7 +164,7 @@ def unpack_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> AggHe
         raise WireError(f"size code {size} is not one of {SIZE_CODES}")
     if flags & ~FLAGS_DEFINED:
         raise WireError(f"flags {flags:#x} has undefined bits (defined: {FLAGS_DEFINED:#x})")
-    return AggHeader(MsgType(kind), size, job, tsi, pool_index & SLOT_MAX, pool_index >> 15, exp, flags)
+    return AggHeader(MsgType(kind), size, job, tsi, pool_index & SLOT_MAX, pool_index >> 15, exp, flags, key, op)
 
 
 def decode(message: bytes | bytearray | memoryview) -> tuple[AggHeader, np.ndarray]:
@@ -179,13 +196,15 @@ def encode(header: AggHeader, lanes: np.ndarray) -> bytes:
         set=header.set,
         exp=header.exp,
         flags=header.flags,
+        key=header.key,
+        op=header.op,
     )
     np.frombuffer(buf, dtype=LANE_DTYPE, offset=HEADER_BYTES)[:] = lanes
     return bytes(buf)
 
 
 def header_struct() -> struct.Struct:
-    """The header's precompiled ``struct.Struct``: (byte 0, job, tsi, pool_index, exp, flags) as plain ints.
+    """The header's precompiled ``struct.Struct``: (byte 0, job, tsi, pool_index, exp, flags, key, op) as ints.
 
     For per-packet paths that validate their constant fields once (with ``pack_header``) and then pack or
     unpack raw ints; build byte 0 and pool_index with ``header_byte0`` and ``pool_index``.
@@ -194,10 +213,19 @@ def header_struct() -> struct.Struct:
 
 
 def header_byte0(msg_type: int, size: int) -> int:
-    """Byte 0 of a header as ``header_struct`` packs it: msg_type, reserved bit clear, size code."""
-    return (msg_type << 4) | size
+    """Byte 0 of a header as ``header_struct`` packs it: version, msg_type, reserved bit clear, size code."""
+    return (WIRE_VERSION << 6) | (msg_type << 4) | size
 
 
 def pool_index(slot: int, set: int) -> int:  # noqa: A002 - the protocol's own name for the copy bit
     """The 16-bit pool_index field (set:1 | slot:15) as ``header_struct`` packs it."""
     return (set << 15) | slot
+
+
+def tsi_newer(tsi: int, than: int) -> bool:
+    """Whether ``tsi`` is later than ``than`` in 32-bit serial-number order (RFC 1982).
+
+    A tsi is newer when it lies 1 .. 2**31 - 1 steps ahead, modulo 2**32, so a job's stream may run past 2**32
+    chunks. The switch opens a new round on a complete slot copy only for a newer tsi (docs/protocol.md).
+    """
+    return 0 < ((tsi - than) & U32_MAX) < (1 << 31)

@@ -3,7 +3,7 @@
 #ifndef NETAGG_GENERATED_P4_
 #define NETAGG_GENERATED_P4_
 
-#define WIRE_VERSION 1
+#define WIRE_VERSION 2
 #define AGG_UDP_PORT 48864
 #define MAX_WORKERS 32
 #define MAX_JOBS 256
@@ -16,15 +16,17 @@
 #define FLOOD_MCAST_GROUP 1
 #define JOB_MCAST_GROUP_BASE 256
 #define PORT_BITS 9
-#define EPOCH_BITS 16
-#define FLAGS_DEFINED 0x01
-#define AGG_HEADER_BYTES 10
+#define EPOCH_BITS 32
+#define FLAGS_DEFINED 0x07
+#define AGG_HEADER_BYTES 18
 #define LANE_BYTES 4
 #define UDP_HEADER_BYTES 8
 
 #define MSG_UPDATE 0
 #define MSG_RESULT 1
 #define FLAG_NONFINITE 0x01
+#define FLAG_ABORT 0x02
+#define FLAG_MISMATCH 0x04
 
 #define NUM_DROP_REASONS 16
 #define DROP_PARSER_ERROR 0
@@ -37,6 +39,9 @@
 #define DROP_DUPLICATE_PENDING 7
 #define DROP_STALE 8
 #define DROP_SIMULATED_LOSS 9
+#define DROP_BAD_VERSION 10
+#define DROP_BAD_KEY 11
+#define DROP_INTERNAL_ERROR 12
 
 #define NUM_JOB_STATS 4
 #define STAT_AGGREGATED 0
@@ -45,7 +50,8 @@
 
 // The aggregation header, field for field as netagg.wire.HEADER_FIELDS.
 header agg_h {
-    bit<4> msg_type;
+    bit<2> version;
+    bit<2> msg_type;
     bit<1> reserved;
     bit<3> size;
     bit<8> job;
@@ -54,6 +60,8 @@ header agg_h {
     bit<15> slot;
     bit<8> exp;
     bit<8> flags;
+    bit<32> key;
+    bit<32> op;
 }
 
 #endif  // NETAGG_GENERATED_P4_
