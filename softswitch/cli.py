@@ -14,11 +14,12 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from netagg.constants import AGG_UDP_PORT
 
-from .p4runtime_server import P4RuntimeServer
+from .p4runtime_server import P4RuntimeServer, TlsConfig
 from .pipeline import Pipeline
 from .ports import (
     DEFAULT_UDP_ADDRESS,
@@ -91,7 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where the P4Runtime server listens: HOST:PORT or unix:/path (default {DEFAULT_GRPC_ADDRESS})",
     )  # fmt: skip
     parser.add_argument(
-        "--seed", metavar="N", type=int, default=None,
+        "--tls-cert", metavar="PEM", type=Path, default=None,
+        help="serve P4Runtime over TLS with this certificate chain (needs --tls-key); without TLS, keep the "
+        "P4Runtime address reachable only from trusted hosts (docs/security.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-key", metavar="PEM", type=Path, default=None, help="the private key of --tls-cert",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", type=Path, default=None,
+        help="require client certificates signed by this CA (mutual TLS; needs --tls-cert)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", metavar="N", type=_seed, default=None,
         help="seed of the drop simulator's random numbers (ingress_loss/egress_loss tables), for repeatable "
         "loss patterns; default: a fresh seed each run",
     )  # fmt: skip
@@ -117,12 +130,23 @@ def _udp_address(text: str) -> tuple[str, int]:
 
 
 def _positive_int(text: str) -> int:
+    """A P4Runtime device id: 1 .. 2**64 - 1 (the field is a uint64)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    if not 0 < value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in 1..{(1 << 64) - 1} (a uint64)")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in 0..{(1 << 32) - 1}")
     return value
 
 
@@ -152,7 +176,10 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     pipeline = Pipeline(state, seed=args.seed)
     ports = _ports(args, pipeline)
     try:
-        server = P4RuntimeServer(state, pipeline, args.device_id, args.grpc_server_addr)
+        tls = None
+        if args.tls_cert is not None:
+            tls = TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+        server = P4RuntimeServer(state, pipeline, args.device_id, args.grpc_server_addr, tls=tls)
         switch = SoftSwitch(pipeline, ports, server)
     except BaseException:
         ports.close()
@@ -184,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.udp is not None and args.interface:
         build_parser().error("--udp and -i are exclusive: UDP mode has exactly one port")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        build_parser().error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        build_parser().error("--tls-client-ca needs --tls-cert and --tls-key")
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

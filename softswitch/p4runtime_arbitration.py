@@ -98,12 +98,16 @@ class Arbiter:
             if was_primary:
                 self._notify_all()
 
-    def check_primary(self, request_has_election_id: bool, election_id: int) -> None:
+    def check_primary(self, request_has_election_id: bool, election_id: int, peer: str | None = None) -> None:
         """Raise PERMISSION_DENIED unless a Write/SetForwardingPipelineConfig comes from the primary.
 
+        The primary is the controller whose stream is open with the highest election id; a request is the
+        primary's when it carries that election id AND arrives on the connection (``peer``) of that stream. An
+        election id is no secret: without the connection check, any client that learns it could write as the
+        primary without ever arbitrating (the P4Runtime spec ties the primary role to its open stream).
+
         With no controller connected, requests without an election id are accepted (as BMv2's server does, so
-        that
-        one-shot tools work) and requests with one are refused.
+        that one-shot tools work) and requests with one are refused.
         """
         with self._lock:
             primary = self._primary()
@@ -118,6 +122,12 @@ class Arbiter:
                 raise P4RuntimeError(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"not primary: election id {election_id}, the primary's is {primary.election_id}",
+                )
+            if peer is not None and peer != primary.peer:
+                raise P4RuntimeError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"not primary: election id {election_id} belongs to the stream of {primary.peer}, and this "
+                    f"request came from {peer}; send requests on the connection that holds the stream",
                 )
 
     def primary_election_id(self) -> int | None:

@@ -13,6 +13,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 STREAM_POLL_S = 1.0
 #: How many differences a refused pipeline's error message lists.
 MAX_LISTED_DIFFERENCES = 8
+#: Streams open at once that have not arbitrated yet (a new one ends the oldest). Every open stream holds a server
+#: thread, so without a bound a few dozen idle connections would take every thread and hang Read and Write.
+MAX_UNARBITRATED_STREAMS = 8
+#: Seconds a stream may stay open without a MasterArbitrationUpdate before the switch ends it.
+ARBITRATION_TIMEOUT_S = 10.0
 
 _NO_PIPELINE = "No forwarding pipeline config set for this device"
 _CONFIG_ACTION = p4r.SetForwardingPipelineConfigRequest
@@ -61,6 +67,40 @@ class Pipeline(Protocol):
 
     def reset(self) -> None:
         """Zero every register (called when a pipeline is pushed)."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS for the P4Runtime server: its certificate chain and key (PEM), and optionally the CA whose client
+    certificates it requires (mutual TLS). Without TLS the server's port must only be reachable by trusted hosts:
+    whoever connects can become primary and rewrite every table (docs/security.md)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> TlsConfig:
+        """Read the PEM files; raises OSError naming a file that cannot be read."""
+
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise OSError(f"cannot read the TLS {what} {path}: {exc.strerror or exc}") from None
+
+        return cls(
+            read(cert, "certificate"),
+            read(key, "private key"),
+            None if client_ca is None else read(client_ca, "client CA certificate"),
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
 
 
 class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
@@ -88,11 +128,16 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         reference_p4info: Path | p4i.P4Info = REFERENCE_P4INFO,
         reference_bmv2_json: Path | None = REFERENCE_BMV2_JSON,
         max_controllers: int = MAX_CONTROLLERS,
+        max_unarbitrated: int = MAX_UNARBITRATED_STREAMS,
+        arbitration_timeout: float = ARBITRATION_TIMEOUT_S,
+        tls: TlsConfig | None = None,
     ) -> None:
         """``address`` is 'host:port' (port 0 picks a free one, see ``port``) or 'unix:/path'.
 
         ``reference_p4info`` is the only program accepted; ``reference_bmv2_json`` gives the initial default
-        actions when a pipeline is pushed without a device config.
+        actions when a pipeline is pushed without a device config. At most ``max_unarbitrated`` streams may be
+        open without having arbitrated, each for at most ``arbitration_timeout`` seconds. ``tls`` serves over TLS
+        instead of plaintext.
         """
         if device_id <= 0:
             raise ValueError(f"device id must be positive, got {device_id}")
@@ -105,6 +150,11 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         self.reference_bmv2_json = reference_bmv2_json
         self.arbiter = Arbiter(device_id, max_controllers)
         self._max_controllers = max_controllers
+        self._max_unarbitrated = max_unarbitrated
+        self._arbitration_timeout = arbitration_timeout
+        self._unarbitrated: list[Controller] = []  # open streams not arbitrated yet, oldest first
+        self._streams_lock = threading.Lock()
+        self.tls = tls
         self._loaded: _Loaded | None = None
         self._saved_uncommitted = False
         self._config_lock = threading.Lock()  # one pipeline change at a time
@@ -116,9 +166,11 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         """Bind and start serving; returns once the server accepts RPCs."""
         if self._server is not None:
             raise RuntimeError("P4Runtime server already started")
-        # Every stream holds a worker for its lifetime; leave room for unary RPCs beside them.
+        # Every stream holds a worker for its lifetime (arbitrated ones up to max_controllers, the others up to
+        # max_unarbitrated); leave room for unary RPCs beside them.
+        workers = self._max_controllers + self._max_unarbitrated + 16
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._max_controllers + 16, thread_name_prefix="p4rt"),
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p4rt"),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -127,7 +179,10 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         )
         p4r_grpc.add_P4RuntimeServicer_to_server(self, server)
         try:
-            port = server.add_insecure_port(self.address)
+            if self.tls is None:
+                port = server.add_insecure_port(self.address)
+            else:
+                port = server.add_secure_port(self.address, self.tls.credentials())
         except RuntimeError as exc:
             raise OSError(f"P4Runtime server cannot bind {self.address}: {exc}") from None
         if not self.address.startswith("unix:"):
@@ -136,7 +191,12 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             self.port = port
         server.start()
         self._server = server
-        LOG.info("P4Runtime server for device %d listening on %s", self.device_id, self.bound_address)
+        LOG.info(
+            "P4Runtime server for device %d listening on %s (%s)",
+            self.device_id,
+            self.bound_address,
+            "plaintext" if self.tls is None else ("mutual TLS" if self.tls.client_ca else "TLS"),
+        )
 
     @property
     def bound_address(self) -> str:
@@ -234,8 +294,12 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                 grpc.StatusCode.NOT_FOUND, f"unknown role {role!r} (only the default role exists)"
             )
 
-    def _check_primary(self, request: p4r.WriteRequest | p4r.SetForwardingPipelineConfigRequest) -> None:
-        self.arbiter.check_primary(request.HasField("election_id"), decode_u128(request.election_id))
+    def _check_primary(
+        self, request: p4r.WriteRequest | p4r.SetForwardingPipelineConfigRequest, context: grpc.ServicerContext
+    ) -> None:
+        self.arbiter.check_primary(
+            request.HasField("election_id"), decode_u128(request.election_id), context.peer()
+        )
 
     def _require_pipeline(self) -> _Loaded:
         loaded = self._loaded
@@ -260,7 +324,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
     ) -> p4r.SetForwardingPipelineConfigResponse:
         try:
             self._check_device(request.device_id, request.role)
-            self._check_primary(request)
+            self._check_primary(request, context)
             self._set_pipeline(request.action, request.config, request.HasField("config"))
         except P4RuntimeError as exc:
             self._abort(context, exc)
@@ -322,7 +386,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         with self.state.lock:
             try:
                 self._check_device(request.device_id, request.role)
-                self._check_primary(request)
+                self._check_primary(request, context)
                 loaded = self._require_pipeline()
                 if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
                     raise P4RuntimeError(
@@ -385,6 +449,29 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         self, request_iterator: Iterator[p4r.StreamMessageRequest], context: grpc.ServicerContext
     ) -> Iterator[p4r.StreamMessageResponse]:
         ctl = Controller(peer=context.peer())
+        with self._streams_lock:
+            # Full: end the stream that has waited longest instead of refusing this one, so idle connections can
+            # delay a controller that arbitrates at once but never lock it out.
+            if len(self._unarbitrated) >= self._max_unarbitrated:
+                oldest = self._unarbitrated.pop(0)
+                oldest.outbox.put(
+                    P4RuntimeError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"more than {self._max_unarbitrated} streams were open without having arbitrated; "
+                        "this one waited longest (send a MasterArbitrationUpdate first on every stream)",
+                    )
+                )
+            self._unarbitrated.append(ctl)
+        counted = True  # still among the unarbitrated streams
+
+        def uncount() -> None:
+            nonlocal counted
+            if counted:
+                with self._streams_lock:
+                    if ctl in self._unarbitrated:
+                        self._unarbitrated.remove(ctl)
+                counted = False
+
         context.add_callback(lambda: ctl.outbox.put(None))
         reader = threading.Thread(
             target=self._read_stream,
@@ -393,10 +480,26 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             daemon=True,
         )
         reader.start()
+        deadline = time.monotonic() + self._arbitration_timeout
         try:
             while context.is_active():
+                if counted and ctl.election_id is not None:
+                    uncount()
+                wait = STREAM_POLL_S
+                if counted:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._abort(
+                            context,
+                            P4RuntimeError(
+                                grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no MasterArbitrationUpdate within {self._arbitration_timeout:g} s of opening "
+                                "the stream",
+                            ),
+                        )
+                    wait = min(wait, left)
                 try:
-                    item = ctl.outbox.get(timeout=STREAM_POLL_S)
+                    item = ctl.outbox.get(timeout=wait)
                 except queue.Empty:  # nothing to send yet: check that the RPC is still alive
                     continue
                 if item is None:
@@ -405,6 +508,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                     self._abort(context, item)
                 yield item
         finally:
+            uncount()
             self.arbiter.remove(ctl)
 
     def _read_stream(self, request_iterator: Iterator[p4r.StreamMessageRequest], ctl: Controller) -> None:

@@ -44,7 +44,8 @@ def test_help_says_what_every_option_does(capsys: pytest.CaptureFixture[str]) ->
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("-i PORT@IFACE", "--udp", "--device-id", "--grpc-server-addr", "--seed", "--log-level"):
+    for option in ("-i PORT@IFACE", "--udp", "--device-id", "--grpc-server-addr", "--seed", "--log-level",
+                   "--tls-cert", "--tls-key", "--tls-client-ca"):  # fmt: skip
         assert option in text
     assert "UDP mode" in text and "port 1" in text
 
@@ -55,7 +56,12 @@ def test_help_says_what_every_option_does(capsys: pytest.CaptureFixture[str]) ->
     [
         (["-i", "veth0"], "PORT@IFACE"),
         (["-i", "600@veth0"], "9 bits"),
-        (["--device-id", "0"], "positive"),
+        (["--device-id", "0"], "1..18446744073709551615"),
+        (["--device-id", str(2**64)], "a uint64"),
+        (["--seed", "-1"], "0..4294967295"),
+        (["--seed", "x"], "0..4294967295"),
+        (["--tls-cert", "c.pem"], "go together"),
+        (["--tls-client-ca", "ca.pem"], "needs --tls-cert"),
         (["--grpc-server-addr", "9559"], "HOST:PORT or unix:/path"),
         (["--grpc-server-addr", "unix:"], "needs a path"),
         (["--udp", "127.0.0.1"], "HOST:PORT"),
@@ -162,3 +168,13 @@ def test_grpc_address_in_use_is_a_clear_error() -> None:
     assert done.returncode == 1
     assert f"netagg-softswitch: P4Runtime server cannot bind {address}" in done.stderr
     assert "netagg-softswitch ready" not in done.stderr
+
+
+@pytest.mark.unit
+def test_unreadable_tls_file_is_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "server.pem"
+    code = main(["--tls-cert", str(missing), "--tls-key", str(tmp_path / "server.key"),
+                 "--grpc-server-addr", "127.0.0.1:0"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"netagg-softswitch: cannot read the TLS certificate {missing}: No such file or directory"
