@@ -139,6 +139,8 @@ class Generator:
                         slot=slot,
                         set=set_bit,
                         exp=0,
+                        key=w.key,
+                        op=0,  # one collective: the same for every worker
                     )
                     self.frames[(w.port, slot, set_bit)] = frame
 
@@ -287,7 +289,7 @@ def _update_frame(worker: object, job: object, slot: int, values: np.ndarray) ->
     from tests.conformance.frames import update_frame
     from tests.conformance.program import AGG
 
-    return update_frame(worker.endpoint, AGG, job=job.job, tsi=slot, slot=slot, set=0, lanes=values)  # type: ignore[attr-defined]
+    return update_frame(worker.endpoint, AGG, job=job.job, tsi=slot, slot=slot, set=0, lanes=values, key=worker.key)  # type: ignore[attr-defined]
 
 
 def process_cpu(pid: int) -> float:

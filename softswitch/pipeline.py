@@ -32,11 +32,25 @@ from netagg.constants import (
     NUM_JOB_STATS,
     POOL_SLOTS,
     SIZE_CODES,
+    WIRE_VERSION,
     DropReason,
+    Flag,
     JobStat,
     MsgType,
 )
-from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, HEADER_BYTES, IPV4_HEADER_BYTES, LANE_DTYPE
+from netagg.wire import (
+    AGG_OFFSET,
+    ETH_HEADER_BYTES,
+    HEADER_BYTES,
+    HEADER_FIELDS,
+    IPV4_HEADER_BYTES,
+    LANE_DTYPE,
+    SLOT_MAX,
+    U32_MAX,
+    header_byte0,
+    header_struct,
+    tsi_newer,
+)
 
 from .state import SwitchState, Table
 
@@ -58,21 +72,55 @@ _ARP_BYTES: Final = 28  # ARP for IPv4 over Ethernet
 
 _ETHERTYPE = struct.Struct("!H")
 # IPv4 without options: ver_ihl, tos, total length, id, flags/fragment, ttl, protocol, checksum, src, dst.
-_IPV4 = struct.Struct("!BBHHHBBHII")
-_UDP = struct.Struct("!HHHH")
-# Aggregation header: byte 0, job, tsi, set/slot, exp (signed), flags.
-_AGG = struct.Struct("!BBIHbB")
+_IPV4_FORMAT: Final = "BBHHHBBHII"
+# UDP: source port, destination port, length, checksum.
+_UDP_FORMAT: Final = "HHHH"
+# The aggregation header as netagg.wire packs it: byte 0, job, tsi, pool_index, exp (signed), flags, key, op.
+_AGG_FORMAT: Final = header_struct().format.lstrip("!")
+_IPV4 = struct.Struct("!" + _IPV4_FORMAT)
+_UDP = struct.Struct("!" + _UDP_FORMAT)
 # EtherType, IPv4, UDP and aggregation headers of an aggregation packet, in one unpack.
-_ALL_HEADERS = struct.Struct("!12xH" + "BBHHHBBHII" + "HHHH" + "BBIHbB")
+_ALL_HEADERS = struct.Struct("!12xH" + _IPV4_FORMAT + _UDP_FORMAT + _AGG_FORMAT)
+assert _ALL_HEADERS.size == _LANES_OFFSET
+# Where the aggregation header's fields start in an ``_ALL_HEADERS`` tuple (after EtherType, IPv4 and UDP).
+_AGG_FIELDS_AT: Final = 1 + len(_IPV4_FORMAT) + len(_UDP_FORMAT)
+assert len(_ALL_HEADERS.unpack(bytes(_ALL_HEADERS.size))) == _AGG_FIELDS_AT + len(
+    header_struct().unpack(bytes(HEADER_BYTES))
+)
 # ARP: htype, ptype, hlen, plen, oper, sha, spa, tha, tpa.
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
-# Everything in front of the aggregation header of a RESULT, written in one call per replica.
-_RESULT_HEADERS = struct.Struct("!6s6sH" + "BBHHHBBHII" + "HHHH")
-assert _RESULT_HEADERS.size == AGG_OFFSET
+# Every header of a RESULT copy in front of its lanes, written in one call per copy: Ethernet, IPv4, UDP and the
+# aggregation header (whose key differs from copy to copy).
+_RESULT_HEADERS = struct.Struct("!6s6sH" + _IPV4_FORMAT + _UDP_FORMAT + _AGG_FORMAT)
+assert _RESULT_HEADERS.size == _LANES_OFFSET
+
+
+def _byte0_field(name: str) -> tuple[int, int]:
+    """(shift, mask) of a field of header byte 0, from netagg.wire.HEADER_FIELDS."""
+    offset = 0
+    for field, width in HEADER_FIELDS:
+        if field == name:
+            shift = 8 - offset - width
+            assert shift >= 0, f"{name} is not in header byte 0"
+            return shift, (1 << width) - 1
+        offset += width
+    raise KeyError(name)
+
+
+_VERSION_SHIFT, _ = _byte0_field("version")
+_MSG_TYPE_SHIFT, _MSG_TYPE_MASK = _byte0_field("msg_type")
+_RESERVED_SHIFT, _RESERVED_BITS = _byte0_field("reserved")
+_RESERVED_MASK: Final = _RESERVED_BITS << _RESERVED_SHIFT
+_SIZE_SHIFT, _SIZE_MASK = _byte0_field("size")
+assert _SIZE_SHIFT == 0
+# pool_index is set:1 | slot:15.
+_SET_SHIFT: Final = SLOT_MAX.bit_length()
 
 _MAX_SIZE_CODE: Final = max(SIZE_CODES)
 _UPDATE: Final = int(MsgType.UPDATE)
-_RESULT: Final = int(MsgType.RESULT)
+#: Byte 0 of a RESULT, by size code.
+_RESULT_BYTE0: Final = tuple(header_byte0(MsgType.RESULT, size) for size in range(_MAX_SIZE_CODE + 1))
+_MISMATCH: Final = int(Flag.MISMATCH)
 
 _PARSER_ERROR: Final = int(DropReason.PARSER_ERROR)
 _UNKNOWN_WORKER: Final = int(DropReason.UNKNOWN_WORKER)
@@ -84,6 +132,9 @@ _SLOT_OUT_OF_RANGE: Final = int(DropReason.SLOT_OUT_OF_RANGE)
 _DUPLICATE_PENDING: Final = int(DropReason.DUPLICATE_PENDING)
 _STALE: Final = int(DropReason.STALE)
 _SIMULATED_LOSS: Final = int(DropReason.SIMULATED_LOSS)
+_BAD_VERSION: Final = int(DropReason.BAD_VERSION)
+_BAD_KEY: Final = int(DropReason.BAD_KEY)
+_INTERNAL_ERROR: Final = int(DropReason.INTERNAL_ERROR)
 
 _AGGREGATED: Final = int(JobStat.AGGREGATED)
 _COMPLETED: Final = int(JobStat.COMPLETED)
@@ -92,10 +143,11 @@ _RETRANSMIT_ANSWERED: Final = int(JobStat.RETRANSMIT_ANSWERED)
 #: Random numbers drawn per refill of the drop simulator's buffer.
 _RANDOM_BATCH: Final = 4096
 
-# A decoded `workers` entry: worker id, worker count, pool base, pool size, size code, epoch, port.
-_Worker = tuple[int, int, int, int, int, int, int]
-# A decoded `results` entry: destination MAC (bytes), IPv4 address, UDP port, sum of the address's 16-bit words.
-_ResultDst = tuple[bytes, int, int, int]
+# A decoded `workers` entry: worker id, worker count, pool base, pool size, size code, epoch, port, key.
+_Worker = tuple[int, int, int, int, int, int, int, int]
+# A decoded `results` entry: destination MAC (bytes), IPv4 address, UDP port, sum of the address's 16-bit words,
+# the worker's key.
+_ResultDst = tuple[bytes, int, int, int, int]
 
 _MISS: Final = object()  # cache marker for "looked up, no usable entry"
 
@@ -109,12 +161,13 @@ class Registers:
 
     def __init__(self) -> None:
         copies = 2 * POOL_SLOTS
-        self.epoch = np.zeros(copies, dtype=np.uint16)
+        self.epoch = np.zeros(copies, dtype=np.uint32)
         self.bitmap = np.zeros(copies, dtype=np.uint32)
         self.count = np.zeros(copies, dtype=np.uint8)
         self.tsi = np.zeros(copies, dtype=np.uint32)
         self.exp = np.zeros(copies, dtype=np.int8)
         self.flags = np.zeros(copies, dtype=np.uint8)
+        self.op = np.zeros(copies, dtype=np.uint32)
         # Native-endian running sums; packets are big-endian and converted once per add.
         self.lanes = np.zeros((copies, MAX_LANES), dtype=np.int32)
         # The data path reads and writes single entries through memoryviews of the same buffers: indexing
@@ -125,12 +178,13 @@ class Registers:
         self.v_tsi = memoryview(self.tsi)
         self.v_exp = memoryview(self.exp)
         self.v_flags = memoryview(self.flags)
+        self.v_op = memoryview(self.op)
         #: One row view per copy, so a packet slices a 1-D view instead of indexing the 2-D array.
         self.rows = list(self.lanes)
 
     def reset(self) -> None:
         """Zero every register in place (the data path keeps references to these arrays)."""
-        for array in (self.epoch, self.bitmap, self.count, self.tsi, self.exp, self.flags, self.lanes):
+        for array in (self.epoch, self.bitmap, self.count, self.tsi, self.exp, self.flags, self.op, self.lanes):
             array.fill(0)
 
 
@@ -228,8 +282,9 @@ class Pipeline:
                     p.get("pool_base", 0) & 0xFFFF,
                     p.get("pool_size", 0) & 0xFFFF,
                     p.get("size", 0) & 0xFF,
-                    p.get("epoch", 0) & 0xFFFF,
+                    p.get("epoch", 0) & U32_MAX,
                     p.get("port", 0) & 0x1FF,
+                    p.get("key", 0) & U32_MAX,
                 )
             self._workers[key] = hit
         return hit  # type: ignore[return-value]
@@ -243,12 +298,13 @@ class Pipeline:
                 hit = _MISS
             else:
                 p = action.params
-                addr = p.get("addr", 0) & 0xFFFF_FFFF
+                addr = p.get("addr", 0) & U32_MAX
                 hit = (
                     _mac_bytes(p.get("mac", 0)),
                     addr,
                     p.get("port", 0) & 0xFFFF,
                     (addr >> 16) + (addr & 0xFFFF),
+                    p.get("key", 0) & U32_MAX,
                 )
             self._results[key] = hit
         return None if hit is _MISS else hit  # type: ignore[return-value]
@@ -323,13 +379,19 @@ class Pipeline:
                             return []
                         return self._aggregate(frame, len(frame), ingress_port, h)
                 return self._process(frame, ingress_port)
-        except Exception:  # a bug here must not stop the switch: log it, count it, drop the frame
+        except Exception:
+            # A bug here must not stop the switch: drop the frame and count it as INTERNAL_ERROR, never as a
+            # reason that blames the sender (PARSER_ERROR would make a bug look like malformed traffic). Only
+            # the first is logged: one traceback finds the bug, one per packet would flood the log.
             self.internal_errors += 1
             if self.internal_errors == 1:
                 log.exception(
-                    "pipeline error (frame of %d bytes on port %d dropped)", len(frame), ingress_port
+                    "internal error on a frame of %d bytes from port %d: dropped and counted as INTERNAL_ERROR "
+                    "(further internal errors are only counted)",
+                    len(frame),
+                    ingress_port,
                 )
-            self._drop(_PARSER_ERROR, -1, len(frame))
+            self._drop(_INTERNAL_ERROR, -1, len(frame))
             return []
 
     def _process(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
@@ -405,12 +467,14 @@ class Pipeline:
         """Steps 1-9 of docs/protocol.md for a UDP packet to the aggregation port.
 
         ``h`` holds every header field up to the aggregation header: ``_ALL_HEADERS`` order (EtherType, IPv4
-        fields 1-10, UDP 11-14, aggregation header 15-20).
+        fields 1-10, UDP 11-14, then the aggregation header's fields).
         """
-        # 1. Parse the lanes a defined size code announces.
-        b0, job, tsi, pool_index, exp, flags = h[15:]
-        size = b0 & 0x07
-        lanes = LANES_PER_BLOCK << size if size <= _MAX_SIZE_CODE else 0
+        # 1. Parse the lanes a defined size code announces. A frame of another version has a layout this switch
+        # does not know, so it announces no payload (as on the P4 target, whose parser stops after the header).
+        b0, job, tsi, pool_index, exp, flags, key, op = h[_AGG_FIELDS_AT:]
+        version_ok = b0 >> _VERSION_SHIFT == WIRE_VERSION
+        size = b0 & _SIZE_MASK
+        lanes = LANES_PER_BLOCK << size if version_ok and size <= _MAX_SIZE_CODE else 0
         end = _LANES_OFFSET + lanes * LANE_BYTES
         if n < end:
             self._drop(_PARSER_ERROR, job, n)
@@ -422,18 +486,24 @@ class Pipeline:
                 self._drop(_SIMULATED_LOSS, job, n)
                 return []
         # 3. Header checks.
-        if b0 >> 4 != _UPDATE:
+        if not version_ok:
+            self._drop(_BAD_VERSION, job, n)
+            return []
+        if (b0 >> _MSG_TYPE_SHIFT) & _MSG_TYPE_MASK != _UPDATE:
             self._drop(_BAD_MSG_TYPE, job, n)
             return []
-        if b0 & 0x08 or flags & ~FLAGS_DEFINED:
+        if b0 & _RESERVED_MASK or flags & ~FLAGS_DEFINED:
             self._drop(_RESERVED_BIT, job, n)
             return []
-        # 4. Who sent it (also the anti-spoofing check).
+        # 4. Who sent it, and does it know the sender's key (a forged source address and port alone is not enough).
         worker = self._workers.get((job, h[9], h[11])) or self._worker(job, h[9], h[11])
         if worker is _MISS:
             self._drop(_UNKNOWN_WORKER, job, n)
             return []
-        worker_id, num_workers, pool_base, pool_size, admitted_size, epoch, worker_port = worker
+        worker_id, num_workers, pool_base, pool_size, admitted_size, epoch, worker_port, worker_key = worker
+        if key != worker_key:
+            self._drop(_BAD_KEY, job, n)
+            return []
         # 5. Admission checks.
         if size != admitted_size:
             self._drop(_BAD_SIZE, job, n)
@@ -441,8 +511,8 @@ class Pipeline:
         if h[13] != 8 + HEADER_BYTES + lanes * LANE_BYTES:
             self._drop(_BAD_LENGTH, job, n)
             return []
-        slot = pool_index & 0x7FFF
-        slot_set = pool_index >> 15
+        slot = pool_index & SLOT_MAX
+        slot_set = pool_index >> _SET_SHIFT
         # A pool that runs past the register arrays is a controller error; treat its tail as out of range.
         if slot >= pool_size or pool_base + slot >= POOL_SLOTS:
             self._drop(_SLOT_OUT_OF_RANGE, job, n)
@@ -462,6 +532,9 @@ class Pipeline:
         bit = (1 << worker_id) & 0xFFFF_FFFF
         # 7. Decide.
         if bitmap & bit:
+            if tsi != v_tsi[index]:
+                self._drop(_STALE, job, n)  # a delayed copy of one of the worker's older rounds on this copy
+                return []
             if count:
                 self._drop(_DUPLICATE_PENDING, job, n)
                 return []
@@ -469,17 +542,20 @@ class Pipeline:
             dst = self._result_dst(job, worker_id)
             if dst is None:
                 return []
-            body = self._result_body(frame, b0, job, tsi, pool_index, index, lanes, end, n)
-            return self._result_frames(frame, h, body, [(worker_port, dst)], job)
+            return self._result_frames(frame, h, end, index, lanes, size, job, tsi, pool_index, [(worker_port, dst)])
         packet_lanes = np.frombuffer(frame, dtype=LANE_DTYPE, count=lanes, offset=_LANES_OFFSET)
         if count == 0:
-            if not fresh and tsi == v_tsi[index]:
+            # Only a newer tsi opens a round: a same or older one is a delayed duplicate of a round that already
+            # completed here (its sender's bit was cleared by its send on the other copy), and a round it opened
+            # would never complete.
+            if not fresh and not tsi_newer(tsi, v_tsi[index]):
                 self._drop(_STALE, job, n)
                 return []
             # First contribution of a new round.
             regs.rows[index][:lanes] = packet_lanes
             regs.v_exp[index] = exp
             regs.v_flags[index] = flags
+            regs.v_op[index] = op
             v_tsi[index] = tsi
             regs.v_epoch[index] = epoch
             count = (num_workers - 1) & 0xFF
@@ -491,6 +567,8 @@ class Pipeline:
             row = regs.rows[index][:lanes]
             np.add(row, packet_lanes, out=row)  # int32 + int32: wraps around; the input is byteswapped once
             regs.v_exp[index] = max(regs.v_exp[index], exp)
+            if op != regs.v_op[index]:
+                flags |= _MISMATCH  # still added: every worker learns of the mismatch from the RESULT
             if flags:
                 regs.v_flags[index] |= flags
             count -= 1
@@ -508,49 +586,43 @@ class Pipeline:
         if count:
             return []
         self._stat(job, _COMPLETED, n)
-        body = self._result_body(frame, b0, job, tsi, pool_index, index, lanes, end, n)
         copies = []
         for port, rid in self._groups.get(JOB_MCAST_GROUP_BASE + job, ()):
             dst = self._result_dst(job, rid)
             if dst is not None:  # no `results` entry: nothing to address the copy to (dropped, not counted)
                 copies.append((port, dst))
-        return self._result_frames(frame, h, body, copies, job)
-
-    def _result_body(
-        self,
-        frame: bytes | bytearray | memoryview,
-        b0: int,
-        job: int,
-        tsi: int,
-        pool_index: int,
-        index: int,
-        lanes: int,
-        end: int,
-        n: int,
-    ) -> bytes:
-        """The RESULT's aggregation header, lanes (the copy's sum) and any trailing bytes of the frame."""
-        regs = self.registers
-        header = _AGG.pack(
-            (_RESULT << 4) | (b0 & 0x0F), job, tsi, pool_index, regs.v_exp[index], regs.v_flags[index]
-        )
-        body = header + regs.rows[index][:lanes].astype(LANE_DTYPE).tobytes()
-        if n > end:
-            body += frame[end:n]  # bytes past the parsed headers ride along, as on a hardware target
-        return body
+        return self._result_frames(frame, h, end, index, lanes, size, job, tsi, pool_index, copies)
 
     def _result_frames(
         self,
         frame: bytes | bytearray | memoryview,
         h: tuple[int, ...],
-        body: bytes,
-        copies: list[tuple[int, _ResultDst]],
+        end: int,
+        index: int,
+        lanes: int,
+        size: int,
         job: int,
+        tsi: int,
+        pool_index: int,
+        copies: list[tuple[int, _ResultDst]],
     ) -> list[Output]:
-        """Step 9 for the RESULT copies (egress port, destination) of one packet: rewrite the addresses,
-        recompute the IPv4 checksum, run the egress drop simulator."""
-        agg = self._agg_src
-        if agg is not None:
-            src_mac, src_addr = agg
+        """Step 9 for the RESULT copies (egress port, destination) of the packet ``h`` on slot copy ``index``:
+        the copy's sum, exponent, flags and op, each copy addressed to its worker and carrying that worker's
+        key, the IPv4 checksum computed incrementally, the egress drop simulator run per copy."""
+        regs = self.registers
+        # The lanes (the copy's sum) and any bytes past them are the same in every copy: built once. Trailing
+        # bytes ride along, as on a hardware target.
+        body = regs.rows[index][:lanes].astype(LANE_DTYPE).tobytes()
+        n = len(frame)
+        if n > end:
+            body += frame[end:n]
+        b0 = _RESULT_BYTE0[size]
+        exp = regs.v_exp[index]
+        flags = regs.v_flags[index]
+        op = regs.v_op[index]
+        src = self._agg_src
+        if src is not None:
+            src_mac, src_addr = src
         else:  # agg_addr without set_agg_addr: the source fields stay as they were, as on a P4 target
             src_mac, src_addr = bytes(frame[6:12]), h[9]
         ver_ihl, tos, total_length, ident, frag, ttl, proto = h[1:8]
@@ -561,11 +633,11 @@ class Pipeline:
         pack = _RESULT_HEADERS.pack
         egress_loss = self._egress_loss_on
         outputs = []
-        for port, (dst_mac, dst_addr, dst_port, dst_sum) in copies:
+        for port, (dst_mac, dst_addr, dst_port, dst_sum, dst_key) in copies:
             if egress_loss:
                 threshold = self._loss_threshold(self._t_egress_loss, self._egress_loss, port)
                 if threshold and self._lost(threshold):
-                    self._drop(_SIMULATED_LOSS, job, AGG_OFFSET + len(body))
+                    self._drop(_SIMULATED_LOSS, job, _RESULT_HEADERS.size + len(body))
                     continue
             total = base + dst_sum
             total = (total & 0xFFFF) + (total >> 16)
@@ -574,6 +646,7 @@ class Pipeline:
                 dst_mac, src_mac, ETHERTYPE_IPV4,
                 ver_ihl, tos, total_length, ident, frag, ttl, proto, ~total & 0xFFFF, src_addr, dst_addr,
                 AGG_UDP_PORT, dst_port, udp_length, 0,
+                b0, job, tsi, pool_index, exp, flags, dst_key, op,
             )  # fmt: skip
             outputs.append((port, headers + body))
         return outputs

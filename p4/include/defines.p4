@@ -10,6 +10,10 @@ typedef bit<PORT_BITS> port_t;
 typedef bit<48> mac_addr_t;
 typedef bit<32> ipv4_addr_t;
 typedef bit<EPOCH_BITS> epoch_t;
+// A worker's key and a collective's op: the widths of agg_h.key and agg_h.op (tests/p4 checks the P4Info's
+// key parameters against netagg.constants.KEY_BITS).
+typedef bit<32> worker_key_t;
+typedef bit<32> op_t;
 
 #define ETHERTYPE_IPV4 0x0800
 #define ETHERTYPE_ARP 0x0806
@@ -35,6 +39,7 @@ typedef bit<EPOCH_BITS> epoch_t;
 #define OUTCOME_RETRANSMIT 8w3   // worker already counted, round complete: answer with the stored RESULT
 #define OUTCOME_DUPLICATE 8w4    // worker already counted, round still open: DUPLICATE_PENDING
 #define OUTCOME_STALE 8w5        // contribution for a round other than the copy's current one: STALE
+                                 // (or a delayed duplicate of a round this copy already completed)
 
 // Which RESULT copy egress is handling (agg_metadata_t.result).
 #define RESULT_NONE 2w0

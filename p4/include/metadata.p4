@@ -22,6 +22,7 @@ struct agg_metadata_t {
     bit<8> size;
     epoch_t epoch;
     port_t worker_port;
+    worker_key_t key;       // the key the sender's UPDATEs must carry
     // Register indices of the addressed slot copy and of its shadow (the other set).
     bit<32> slot_index;
     bit<32> other_index;

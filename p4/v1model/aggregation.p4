@@ -1,5 +1,5 @@
 // The aggregation logic for UPDATEs (docs/protocol.md, steps 3 to 8): header checks, the `workers`
-// lookup, the slot decision and the lane sums. It records its decision in metadata (meta.fwd,
+// lookup and key check, the slot decision and the lane sums. It records its decision in metadata (meta.fwd,
 // meta.agg.result, drop_for) and leaves applying it to the forwarding wrapper and the drop counting.
 //
 // Slot state: every register array has 2 * POOL_SLOTS entries, one per slot copy, at index
@@ -47,11 +47,12 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
     @name(".slot_tsi") register<bit<32>>(SLOT_REGISTER_SIZE) slot_tsi;
     @name(".slot_exp") register<bit<8>>(SLOT_REGISTER_SIZE) slot_exp;
     @name(".slot_flags") register<bit<8>>(SLOT_REGISTER_SIZE) slot_flags;
+    @name(".slot_op") register<op_t>(SLOT_REGISTER_SIZE) slot_op;
     NETAGG_ALL_LANES(V1_DECLARE_LANE_REGISTER)
 
     @name(".set_worker")
     action set_worker(bit<8> worker_id, bit<8> num_workers, bit<16> pool_base, bit<16> pool_size,
-                      bit<8> size, epoch_t epoch, port_t port) {
+                      bit<8> size, epoch_t epoch, port_t port, worker_key_t key) {
         meta.agg.worker_id = worker_id;
         meta.agg.num_workers = num_workers;
         meta.agg.pool_base = pool_base;
@@ -59,10 +60,12 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
         meta.agg.size = size;
         meta.agg.epoch = epoch;
         meta.agg.worker_port = port;
+        meta.agg.key = key;
     }
 
-    // Keyed on the sender's address as well as the job, so a packet with a forged job byte or source
-    // finds no entry: this lookup is also the anti-spoofing check.
+    // Keyed on the sender's address as well as the job, so a packet with a wrong job byte or source
+    // finds no entry. Source addresses can be forged, so the entry also holds the worker's key, which
+    // the UPDATE must carry (checked after the lookup).
     @name(".workers")
     table workers {
         key = {
@@ -92,6 +95,7 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
         bit<32> tsi;
         bit<8> exp;
         bit<8> flags;
+        op_t op;
         bit<32> other_bitmap;
         slot_epoch.read(stored_epoch, meta.agg.slot_index);
         slot_bitmap.read(bitmap, meta.agg.slot_index);
@@ -99,6 +103,7 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
         slot_tsi.read(tsi, meta.agg.slot_index);
         slot_exp.read(exp, meta.agg.slot_index);
         slot_flags.read(flags, meta.agg.slot_index);
+        slot_op.read(op, meta.agg.slot_index);
         slot_bitmap.read(other_bitmap, meta.agg.other_index);
 
         // A copy last written under another epoch belongs to an earlier tenant of the slot range (the
@@ -109,18 +114,31 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
 
         bit<32> me = 32w1 << meta.agg.worker_id;
         bool seen = (bitmap & me) != 0;
-        // Bit clear on a complete copy: a new round, unless the packet is a delayed duplicate of the
-        // round just completed (the sender's bit was cleared by its send on the other set).
-        bool first = !seen && count == 0 && (fresh || hdr.agg.tsi != tsi);
+        bool same_round = hdr.agg.tsi == tsi;
+        // 32-bit serial-number order (RFC 1982, netagg.wire.tsi_newer): the packet's tsi is newer than the
+        // copy's when it is 1 .. 2^31 - 1 ahead modulo 2^32, i.e. the bit<32> difference (which wraps) is
+        // non-zero and its top bit is clear. A stream of chunks may so run past 2^32.
+        bit<32> ahead = hdr.agg.tsi - tsi;
+        bool newer = ahead != 0 && ahead[31:31] == 1w0;
+        // Bit clear on a complete copy: a new round, but only for a newer tsi. A same or older one is a
+        // delayed duplicate of a round this copy already completed (the sender's bit was cleared by its
+        // send on the other set), maybe several rounds back; a round it opened would never complete.
+        bool first = !seen && count == 0 && (fresh || newer);
         // Bit clear on an open round: add, but only to the same chunk (another tsi would corrupt it).
-        bool add = !seen && count != 0 && hdr.agg.tsi == tsi;
-        bool retransmit = seen && count == 0;
+        bool add = !seen && count != 0 && same_round;
+        // Bit set: a retransmission of the copy's round, or else a delayed copy of an older one (stale).
+        bool retransmit = seen && count == 0 && same_round;
+        bool duplicate = seen && count != 0 && same_round;
         bool contribute = first || add;
 
         // Exponents are signed: compare as int<8>.
         bit<8> max_exp = (int<8>)hdr.agg.exp > (int<8>)exp ? hdr.agg.exp : exp;
         bit<8> new_exp = first ? hdr.agg.exp : (add ? max_exp : exp);
-        bit<8> new_flags = first ? hdr.agg.flags : (add ? flags | hdr.agg.flags : flags);
+        // A contribution to another collective than the round's first is still added, and flags the round
+        // MISMATCH, so every worker learns of it from the RESULT.
+        bit<8> mismatch = hdr.agg.op != op ? (bit<8>)FLAG_MISMATCH : 8w0;
+        bit<8> new_flags = first ? hdr.agg.flags : (add ? flags | hdr.agg.flags | mismatch : flags);
+        op_t new_op = first ? hdr.agg.op : op;
         bit<8> new_count = first ? meta.agg.num_workers - 1 : (add ? count - 1 : count);
 
         slot_epoch.write(meta.agg.slot_index, first ? meta.agg.epoch : stored_epoch);
@@ -129,6 +147,7 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
         slot_tsi.write(meta.agg.slot_index, first ? hdr.agg.tsi : tsi);
         slot_exp.write(meta.agg.slot_index, new_exp);
         slot_flags.write(meta.agg.slot_index, new_flags);
+        slot_op.write(meta.agg.slot_index, new_op);
         // The worker moved on to this copy: clearing its bit in the shadow copy lets its next send there
         // start a new round instead of being taken for a retransmission.
         slot_bitmap.write(meta.agg.other_index, contribute ? other_bitmap & ~me : other_bitmap);
@@ -137,14 +156,16 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
         meta.agg.outcome = first ? OUTCOME_FIRST
                          : (add ? OUTCOME_ADD
                          : (retransmit ? OUTCOME_RETRANSMIT
-                         : (seen ? OUTCOME_DUPLICATE
+                         : (duplicate ? OUTCOME_DUPLICATE
                          : OUTCOME_STALE)));
         meta.agg.complete = contribute && new_count == 0;
         meta.agg.keep_mask = first ? 32w0 : 32w0xFFFFFFFF;
         meta.agg.add_mask = contribute ? 32w0xFFFFFFFF : 32w0;
-        // Every RESULT copy carries the copy's exponent and flags (for a retransmission, the stored ones).
+        // Every RESULT copy carries the copy's exponent, flags and op (for a retransmission, the stored
+        // ones); egress adds each receiver's key.
         hdr.agg.exp = new_exp;
         hdr.agg.flags = new_flags;
+        hdr.agg.op = new_op;
     }
 
     NETAGG_BLOCKS(V1_DEFINE_BLOCK_ACTION)
@@ -153,12 +174,17 @@ control Aggregation(inout headers_t hdr, inout local_metadata_t meta) {
         // Payload bytes the size code announces, for the UDP length check.
         bit<16> udp_length = (bit<16>)(UDP_HEADER_BYTES + AGG_HEADER_BYTES)
                            + ((bit<16>)(LANES_PER_BLOCK * LANE_BYTES) << hdr.agg.size);
-        if (hdr.agg.msg_type != MSG_UPDATE) {
+        if (hdr.agg.version != WIRE_VERSION) {
+            drop_for(meta, DROP_BAD_VERSION);
+        } else if (hdr.agg.msg_type != MSG_UPDATE) {
             drop_for(meta, DROP_BAD_MSG_TYPE);
         } else if (hdr.agg.reserved != 0 || (hdr.agg.flags & ~((bit<8>)FLAGS_DEFINED)) != 0) {
             drop_for(meta, DROP_RESERVED_BIT);
         } else if (!workers.apply().hit) {
             drop_for(meta, DROP_UNKNOWN_WORKER);
+        } else if (hdr.agg.key != meta.agg.key) {
+            // The source address and port match a worker, but the sender does not know its key.
+            drop_for(meta, DROP_BAD_KEY);
         } else if ((bit<8>)hdr.agg.size != meta.agg.size) {
             drop_for(meta, DROP_BAD_SIZE);
         } else if (hdr.udp.length != udp_length) {

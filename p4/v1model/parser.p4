@@ -51,12 +51,15 @@ parser NetaggParser(packet_in packet,
 
     state parse_agg {
         packet.extract(hdr.agg);
-        // Undefined size codes (4..7) parse no payload; ingress drops them as BAD_SIZE.
-        transition select(hdr.agg.size) {
-            0: parse_1_block;
-            1: parse_2_blocks;
-            2: parse_4_blocks;
-            3: parse_8_blocks;
+        // Only this wire version's payload layout is known: a header of another version (a v1 frame, say)
+        // parses no payload, so its frame is not a parser error for want of lanes it does not announce, and
+        // ingress drops it as BAD_VERSION. Undefined size codes (4..7) parse no payload either; ingress drops
+        // them as BAD_SIZE.
+        transition select(hdr.agg.version, hdr.agg.size) {
+            (WIRE_VERSION, 0): parse_1_block;
+            (WIRE_VERSION, 1): parse_2_blocks;
+            (WIRE_VERSION, 2): parse_4_blocks;
+            (WIRE_VERSION, 3): parse_8_blocks;
             default: accept;
         }
     }

@@ -1,13 +1,16 @@
 // Egress rewrite of every RESULT copy (a multicast replica or the answer to a retransmission): address
-// it from the switch's aggregation endpoint to the worker's registered endpoint. The aggregation
-// header and lanes were already turned into the RESULT in ingress (they are the same for every copy).
+// it from the switch's aggregation endpoint to the worker's registered endpoint, and give it the worker's
+// key, by which the worker knows the RESULT comes from the switch. The rest of the aggregation header
+// (exp, flags, op of the slot) and the lanes were already turned into the RESULT in ingress: they are
+// the same for every copy.
 control ResultRewrite(inout headers_t hdr, inout local_metadata_t meta, out bool addressed) {
 
     @name(".set_result_dst")
-    action set_result_dst(mac_addr_t mac, ipv4_addr_t addr, bit<16> port) {
+    action set_result_dst(mac_addr_t mac, ipv4_addr_t addr, bit<16> port, worker_key_t key) {
         hdr.ethernet.dst_addr = mac;
         hdr.ipv4.dst_addr = addr;
         hdr.udp.dst_port = port;
+        hdr.agg.key = key;
     }
 
     @name(".results")

@@ -2,12 +2,14 @@
 
 The aggregation header and lanes always come from ``netagg.wire`` (``encode``/``decode``); scapy only wraps
 them in Ethernet/IPv4/UDP. Malformed headers are made by overwriting single fields of a valid frame at the bit
-positions ``netagg.wire.HEADER_FIELDS`` gives, never by a second description of the header.
+positions ``netagg.wire.HEADER_FIELDS`` gives, never by a second description of the header. The one exception
+is ``v1_update_payload``: wire format v1 is described nowhere else any more, and the switch must reject it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,7 @@ from netagg.wire import (
     HEADER_BYTES,
     HEADER_FIELDS,
     IPV4_HEADER_BYTES,
+    LANE_DTYPE,
     AggHeader,
     WireError,
     decode,
@@ -30,6 +33,9 @@ from netagg.wire import (
 )
 
 INT32 = np.dtype(np.int32)
+#: The ``op`` every UPDATE the suite sends carries unless a test gives another (not 0, so that a RESULT that
+#: loses it shows).
+OP = 0x5EED_0001
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,23 @@ def update_frame(
     slot: int,
     set: int,
     lanes: np.ndarray,
+    key: int,
+    op: int = OP,
     exp: int = 0,
     flags: int = 0,
     msg_type: MsgType = MsgType.UPDATE,
     udp_checksum: int | None = None,
 ) -> bytes:
     """An UPDATE (or, with ``msg_type``, any well-formed message) from ``src`` to the switch."""
-    header = AggHeader(msg_type, size_for_lanes(len(lanes)), job, tsi, slot, set, exp, flags)
+    header = AggHeader(msg_type, size_for_lanes(len(lanes)), job, tsi, slot, set, exp, flags, key, op)
     return udp_frame(src, agg, encode(header, lanes), udp_checksum=udp_checksum)
+
+
+def v1_update_payload(*, job: int, tsi: int, slot: int, set: int, lanes: np.ndarray) -> bytes:
+    """An UPDATE in wire format v1: a 10-byte header (msg_type:4 reserved:1 size:3, job, tsi, set:1 slot:15,
+    exp, flags), without key and op, then the lanes. Its version bits (the top two of byte 0) are 0."""
+    header = struct.pack("!BBIHbB", size_for_lanes(len(lanes)), job, tsi, set << 15 | slot, 0, 0)
+    return header + np.asarray(lanes, dtype=LANE_DTYPE).tobytes()
 
 
 def udp_frame(src: Endpoint, agg: Endpoint, payload: bytes, *, udp_checksum: int | None = None) -> bytes:
@@ -152,17 +167,21 @@ def assert_result(
     set: int,
     exp: int,
     flags: int,
+    key: int,
+    op: int = OP,
     lanes: np.ndarray,
 ) -> None:
-    """Assert that ``frame`` is exactly the RESULT the protocol prescribes for ``worker``."""
+    """Assert that ``frame`` is exactly the RESULT the protocol prescribes for ``worker`` (whose key is ``key``)."""
     r = parse_result(frame)
     got = (r.eth_dst, r.eth_src, r.ip_dst, r.ip_src, r.udp_dport, r.udp_sport)
     want = (worker.mac, agg.mac, worker.ip, agg.ip, worker.udp_port, AGG_UDP_PORT)
     assert got == want, f"RESULT addressing (dst mac, src mac, dst ip, src ip, dst port, src port): {got} != {want}"
     h = r.header
-    got_h = (h.msg_type, h.job, h.tsi, h.slot, h.set, h.exp, h.flags, h.lanes)
-    want_h = (MsgType.RESULT, job, tsi, slot, set, exp, flags, len(lanes))
-    assert got_h == want_h, f"RESULT header (type, job, tsi, slot, set, exp, flags, lanes): {got_h} != {want_h}"
+    got_h = (h.msg_type, h.job, h.tsi, h.slot, h.set, h.exp, h.flags, h.key, h.op, h.lanes)
+    want_h = (MsgType.RESULT, job, tsi, slot, set, exp, flags, key, op, len(lanes))
+    assert got_h == want_h, (
+        f"RESULT header (type, job, tsi, slot, set, exp, flags, key, op, lanes): {got_h} != {want_h}"
+    )
     if not np.array_equal(r.lanes, lanes):
         bad = np.flatnonzero(r.lanes != lanes)
         raise AssertionError(

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from netagg.constants import NUM_DROP_REASONS, NUM_JOB_STATS, DropReason, JobStat
+from netagg.constants import NUM_DROP_REASONS, NUM_JOB_STATS, DropReason, Flag, JobStat
 
 from . import program
-from .frames import Endpoint, assert_result, dst_port_of, update_frame, wrap_int32
+from .frames import OP, Endpoint, assert_result, dst_port_of, update_frame, wrap_int32
 from .p4rt import P4RuntimeSession
 from .ports import QUIET_S, PortSet
 
@@ -129,9 +129,12 @@ class SwitchUnderTest:
         lanes: np.ndarray,
         exp: int = 0,
         flags: int = 0,
+        op: int = OP,
+        key: int | None = None,
     ) -> None:
+        """``worker`` sends an UPDATE, with its own key unless ``key`` gives another."""
         frame = update_frame(worker.endpoint, self.agg, job=job.job, tsi=tsi, slot=slot, set=set, lanes=lanes,
-                             exp=exp, flags=flags)
+                             exp=exp, flags=flags, op=op, key=worker.key if key is None else key)
         self.ports.send(worker.port, frame)
 
     def expect_results(self, workers: Iterable[program.Worker], **kw: float) -> dict[int, bytes]:
@@ -167,30 +170,37 @@ class SwitchUnderTest:
         lanes: Mapping[int, np.ndarray],
         exps: Mapping[int, int] | None = None,
         flags: Mapping[int, int] | None = None,
+        ops: Mapping[int, int] | None = None,
         order: Iterable[int] | None = None,
         quiet: float = QUIET_S,
     ) -> np.ndarray:
         """Every worker sends its UPDATE (in ``order`` of worker ids); assert the RESULT each one gets.
 
-        ``lanes``/``exps``/``flags`` are by worker id; returns the expected (int32-wrapped) sum. A caller running
+        ``lanes``/``exps``/``flags``/``ops`` are by worker id (op ``OP`` where not given); returns the expected
+        (int32-wrapped) sum. Each RESULT must carry the signed maximum exponent, the OR of the flags (with
+        MISMATCH when the ops differ), the op of the first sender and the receiver's own key. A caller running
         many rounds may pass ``quiet=0``: a stray frame then shows up in the next round's check instead.
         """
         exps = exps or {}
         flags = flags or {}
+        ops = ops or {}
         order = list(order) if order is not None else [w.id for w in job.workers]
         by_id = {w.id: w for w in job.workers}
         for wid in order:
             self.send_update(job, by_id[wid], tsi=tsi, slot=slot, set=set, lanes=lanes[wid],
-                             exp=exps.get(wid, 0), flags=flags.get(wid, 0))
+                             exp=exps.get(wid, 0), flags=flags.get(wid, 0), op=ops.get(wid, OP))
         total = wrap_int32(np.sum([lanes[w.id].astype(np.int64) for w in job.workers], axis=0))
         want_exp = max(exps.get(w.id, 0) for w in job.workers)
+        want_op = ops.get(order[0], OP)
         want_flags = 0
         for w in job.workers:
             want_flags |= flags.get(w.id, 0)
+            if ops.get(w.id, OP) != want_op:
+                want_flags |= Flag.MISMATCH
         results = self.expect_results(job.workers, quiet=quiet)
         for w in job.workers:
             assert_result(results[w.id], worker=w.endpoint, agg=self.agg, job=job.job, tsi=tsi, slot=slot, set=set,
-                          exp=want_exp, flags=want_flags, lanes=total)
+                          exp=want_exp, flags=want_flags, key=w.key, op=want_op, lanes=total)
         return total
 
 

@@ -23,6 +23,7 @@ class Worker:
     id: int
     port: int  # the switch port the worker is behind
     endpoint: Endpoint
+    key: int  # its data-plane key: in its `workers` entry (checked in UPDATEs) and `results` entry (in RESULTs)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class Job:
 
 
 def make_workers(job: int, count: int, ports: list[int]) -> tuple[Worker, ...]:
-    """``count`` workers spread round-robin over ``ports``, each with its own MAC, IPv4 address and UDP port."""
+    """``count`` workers spread round-robin over ``ports``, each with its own MAC, IPv4 address, UDP port and
+    key (a full 32-bit value, the top bit set, different for every worker)."""
     if not 1 <= job <= 250 or count > 250:
         raise ValueError("addresses below are built for job 1..250 and at most 250 workers")
     return tuple(
@@ -52,6 +54,7 @@ def make_workers(job: int, count: int, ports: list[int]) -> tuple[Worker, ...]:
             port=ports[i % len(ports)],
             endpoint=Endpoint(mac=f"02:00:00:{job:02x}:00:{i + 1:02x}", ip=f"10.{job}.0.{i + 1}",
                               udp_port=40000 + 100 * job + i),
+            key=(0x9E37_79B9 * (job << 8 | i + 1)) & 0xFFFF_FFFF | 0x8000_0000,
         )
         for i in range(count)
     )
@@ -81,6 +84,7 @@ def worker_entries(job: Job) -> list[fy.P4TableEntry]:
                 size=job.size,
                 epoch=job.epoch,
                 port=w.port,
+                key=w.key,
             ),
         )
         for w in job.workers
@@ -88,13 +92,17 @@ def worker_entries(job: Job) -> list[fy.P4TableEntry]:
 
 
 def result_entries(job: Job) -> list[fy.P4TableEntry]:
-    """``results`` entries: (job, worker id) -> set_result_dst(mac, addr, port)."""
+    """``results`` entries: (job, worker id) -> set_result_dst(mac, addr, port, key)."""
     return [
         fy.P4TableEntry(
             "results",
             match=fy.P4TableMatch(job=job.job, worker_id=w.id),
             action=fy.P4TableAction(
-                "set_result_dst", mac=mac_int(w.endpoint.mac), addr=ip_int(w.endpoint.ip), port=w.endpoint.udp_port
+                "set_result_dst",
+                mac=mac_int(w.endpoint.mac),
+                addr=ip_int(w.endpoint.ip),
+                port=w.endpoint.udp_port,
+                key=w.key,
             ),
         )
         for w in job.workers

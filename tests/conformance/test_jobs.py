@@ -38,4 +38,4 @@ def _check(sut: SwitchUnderTest, job: Job, results: dict[int, bytes], lanes: dic
     total = wrap_int32(np.sum([lanes[w.id].astype(np.int64) for w in job.workers], axis=0))
     for w in job.workers:
         assert_result(results[w.id], worker=w.endpoint, agg=sut.agg, job=job.job, tsi=tsi, slot=slot, set=set_,
-                      exp=job.job, flags=0, lanes=total)
+                      exp=job.job, flags=0, key=w.key, lanes=total)

@@ -40,6 +40,6 @@ def test_retransmission_after_completion_gets_the_stored_result_alone(sut: Switc
         sut.send_update(job, w, tsi=9, slot=1, set=0, lanes=lanes[w.id], exp=exps[w.id], flags=flags[w.id])
         answer = sut.expect_results([w])[w.id]
         assert_result(answer, worker=w.endpoint, agg=sut.agg, job=2, tsi=9, slot=1, set=0, exp=2, flags=1,
-                      lanes=total)
+                      key=w.key, lanes=total)
     watch.wait(stats={(2, JobStat.AGGREGATED): 3, (2, JobStat.COMPLETED): 1,
                       (2, JobStat.RETRANSMIT_ANSWERED): 3})

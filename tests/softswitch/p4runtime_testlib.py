@@ -191,9 +191,12 @@ class Client:
         table: str,
         key: Iterable[int | bytes] = (),
         action: str | None = None,
+        /,
         default: bool = False,
         **params: int | bytes,
     ) -> p4r.Entity:
+        """A table entry; ``params`` are the action's parameters by name (``key`` among them: positional-only
+        ``table``, ``key`` and ``action`` leave those names free for action parameters)."""
         t = self.schema.tables[table]
         entry = p4r.TableEntry(table_id=t.id, is_default_action=default)
         for mf, value in zip(t.match_fields, key, strict=False):

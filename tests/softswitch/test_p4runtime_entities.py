@@ -13,7 +13,10 @@ from netagg.softswitch.state import Action
 pytestmark = pytest.mark.loopback
 
 WORKER_KEY = (3, 0x0A000002, 40000)
-WORKER = {"worker_id": 1, "num_workers": 2, "pool_base": 16, "pool_size": 8, "size": 1, "epoch": 9, "port": 2}
+WORKER = {
+    "worker_id": 1, "num_workers": 2, "pool_base": 16, "pool_size": 8, "size": 1, "epoch": 9, "port": 2,
+    "key": 0xFEED_BEEF,
+}  # fmt: skip
 
 #: table -> (key, action, params, modified action, modified params), one row per keyed table of the contract
 KEYED = {
@@ -21,9 +24,9 @@ KEYED = {
     "results": (
         (3, 1),
         "set_result_dst",
-        {"mac": 0x020000000002, "addr": 0x0A000002, "port": 40000},
+        {"mac": 0x020000000002, "addr": 0x0A000002, "port": 40000, "key": 0xFEED_BEEF},
         "set_result_dst",
-        {"mac": 0x020000000003, "addr": 0x0A000003, "port": 40001},
+        {"mac": 0x020000000003, "addr": 0x0A000003, "port": 40001, "key": 0xFFFF_FFFF},
     ),
     "l2_forward": ((0x020000000002,), "forward", {"port": 2}, "flood", {}),
     "arp_reply": ((0x0A0000FE,), "reply_arp", {"mac": 0x0200000000FE}, "reply_arp", {"mac": 0x0200000000FF}),

@@ -21,7 +21,9 @@ from netagg.softswitch.state import Action
 
 pytestmark = pytest.mark.loopback
 
-WORKER = {"worker_id": 1, "num_workers": 2, "pool_base": 0, "pool_size": 8, "size": 0, "epoch": 1, "port": 2}
+WORKER = {
+    "worker_id": 1, "num_workers": 2, "pool_base": 0, "pool_size": 8, "size": 0, "epoch": 1, "port": 2, "key": 7,
+}  # fmt: skip
 
 
 def _refused(client: Client, *updates: p4r.Update) -> list[p4r.Error]:

@@ -21,6 +21,7 @@ from netagg.constants import (
     AGG_UDP_PORT,
     FLOOD_MCAST_GROUP,
     JOB_MCAST_GROUP_BASE,
+    LANE_BYTES,
     NUM_DROP_REASONS,
     NUM_JOB_STATS,
     DropReason,
@@ -30,13 +31,15 @@ from netagg.constants import (
 from netagg.softswitch.pipeline import Pipeline
 from netagg.softswitch.schema import P4Schema, defaults_from_bmv2_json
 from netagg.softswitch.state import Action, CounterArray, SwitchState, Table
-from netagg.wire import AGG_OFFSET, HEADER_BYTES, LANE_DTYPE, pack_header
+from netagg.wire import AGG_OFFSET, HEADER_BYTES, LANE_DTYPE, pack_header, size_for_lanes
 
 pytestmark = pytest.mark.unit
 
 AGG_MAC = 0x02_00_00_00_AA_01
 AGG_IP = int(ipaddress.IPv4Address("10.0.0.254"))
 SWITCH_PORTS = (1, 2, 3, 4)
+#: The ``op`` every UPDATE carries unless a test gives another (not 0, so a RESULT that drops it shows).
+OP = 0x5EED_0001
 
 
 def contract_state() -> SwitchState:
@@ -61,6 +64,7 @@ class Worker:
     udp_port: int
     mac: int
     port: int
+    key: int
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,11 @@ def make_job(
     epoch: int = 1,
     ports: tuple[int, ...] = SWITCH_PORTS,
 ) -> Job:
-    """A job whose workers sit round-robin on ``ports`` at 10.<job>.0.<id+1>, UDP port 40000 + id."""
+    """A job whose workers sit round-robin on ``ports`` at 10.<job>.0.<id+1>, UDP port 40000 + id.
+
+    Every worker gets its own 32-bit key (most with the top bit set, so a key handled as a signed or shorter
+    value shows).
+    """
     workers = tuple(
         Worker(
             job=job,
@@ -94,6 +102,7 @@ def make_job(
             udp_port=40000 + i,
             mac=0x02_00_00_00_00_00 | (job << 8) | (i + 1),
             port=ports[i % len(ports)],
+            key=(0x9E37_79B9 * ((job << 8) | (i + 1))) & 0xFFFF_FFFF | 0x8000_0000,
         )
         for i in range(num_workers)
     )
@@ -114,10 +123,11 @@ def install_job(state: SwitchState, job: Job) -> None:
                     "size": job.size,
                     "epoch": job.epoch,
                     "port": w.port,
+                    "key": w.key,
                 },
             )
             state.tables["results"].entries[(job.job, w.worker_id)] = Action(
-                "set_result_dst", {"mac": w.mac, "addr": w.ip, "port": w.udp_port}
+                "set_result_dst", {"mac": w.mac, "addr": w.ip, "port": w.udp_port, "key": w.key}
             )
         state.mcast_groups[JOB_MCAST_GROUP_BASE + job.job] = [(w.port, w.worker_id) for w in job.workers]
         state.bump()
@@ -178,13 +188,25 @@ def update_payload(
     lanes: np.ndarray,
     exp: int = 0,
     flags: int = 0,
+    key: int = 0,
+    op: int = OP,
     msg_type: int = MsgType.UPDATE,
 ) -> bytes:
     """Aggregation header + big-endian lanes."""
-    size = {32: 0, 64: 1, 128: 2, 256: 3}[len(lanes)]
-    buf = bytearray(HEADER_BYTES + 4 * len(lanes))
+    buf = bytearray(HEADER_BYTES + LANE_BYTES * len(lanes))
     pack_header(
-        buf, 0, msg_type=msg_type, size=size, job=job, tsi=tsi, slot=slot, set=set_, exp=exp, flags=flags
+        buf,
+        0,
+        msg_type=msg_type,
+        size=size_for_lanes(len(lanes)),
+        job=job,
+        tsi=tsi,
+        slot=slot,
+        set=set_,
+        exp=exp,
+        flags=flags,
+        key=key,
+        op=op,
     )
     np.frombuffer(buf, dtype=LANE_DTYPE, offset=HEADER_BYTES)[:] = lanes
     return bytes(buf)
@@ -199,11 +221,22 @@ def update_frame(
     lanes: np.ndarray,
     exp: int = 0,
     flags: int = 0,
+    key: int | None = None,
+    op: int = OP,
     msg_type: int = MsgType.UPDATE,
 ) -> bytes:
-    """A worker's UPDATE frame to the switch's aggregation address."""
+    """A worker's UPDATE frame to the switch's aggregation address (with the worker's own key by default)."""
     payload = update_payload(
-        job=worker.job, tsi=tsi, slot=slot, set_=set_, lanes=lanes, exp=exp, flags=flags, msg_type=msg_type
+        job=worker.job,
+        tsi=tsi,
+        slot=slot,
+        set_=set_,
+        lanes=lanes,
+        exp=exp,
+        flags=flags,
+        key=worker.key if key is None else key,
+        op=op,
+        msg_type=msg_type,
     )
     return udp_frame(
         src_mac=worker.mac,

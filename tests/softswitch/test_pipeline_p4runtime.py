@@ -13,6 +13,7 @@ from p4runtime_testlib import DEVICE_ID, Client, insert, modify, netagg_program
 
 from netagg.constants import (
     JOB_MCAST_GROUP_BASE,
+    LANE_BYTES,
     NUM_DROP_REASONS,
     NUM_JOB_STATS,
     DropReason,
@@ -24,7 +25,7 @@ from netagg.softswitch.pipeline import Pipeline
 from netagg.softswitch.ports import UDP_PORT_NUMBER, UdpPorts
 from netagg.softswitch.state import SwitchState
 from netagg.softswitch.switch import SoftSwitch
-from netagg.wire import AggHeader, decode, encode
+from netagg.wire import AGG_OFFSET, HEADER_BYTES, AggHeader, decode, encode
 
 pytestmark = pytest.mark.loopback
 
@@ -58,7 +59,7 @@ def rig() -> Iterator[tuple[SoftSwitch, Client]]:
 def admit(client: Client, sockets: list[socket.socket], *, epoch: int, size: int = 1) -> None:
     """What the controller writes for a job whose workers are ``sockets``, in UDP mode (all on port 1)."""
     updates = [
-        modify(client.table_entry("agg_addr", default=True, action="set_agg_addr", mac=AGG_MAC, addr=AGG_IP)),
+        modify(client.table_entry("agg_addr", (), "set_agg_addr", default=True, mac=AGG_MAC, addr=AGG_IP)),
         insert(
             client.group_entry(
                 JOB_MCAST_GROUP_BASE + JOB, [(UDP_PORT_NUMBER, i) for i in range(len(sockets))]
@@ -69,15 +70,11 @@ def admit(client: Client, sockets: list[socket.socket], *, epoch: int, size: int
         port = s.getsockname()[1]
         updates.append(insert(client.table_entry(
             "workers", (JOB, LOCALHOST, port), "set_worker", worker_id=i, num_workers=len(sockets), pool_base=16,
-            pool_size=4, size=size, epoch=epoch, port=UDP_PORT_NUMBER,
+            pool_size=4, size=size, epoch=epoch, port=UDP_PORT_NUMBER, key=key_of(i),
         )))  # fmt: skip
-        updates.append(
-            insert(
-                client.table_entry(
-                    "results", (JOB, i), "set_result_dst", mac=0x020000000001 + i, addr=LOCALHOST, port=port
-                )
-            )
-        )
+        updates.append(insert(client.table_entry(
+            "results", (JOB, i), "set_result_dst", mac=0x020000000001 + i, addr=LOCALHOST, port=port, key=key_of(i),
+        )))  # fmt: skip
     client.write(*updates)
 
 
@@ -95,8 +92,13 @@ def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.01)
 
 
-def update(tsi: int, values: np.ndarray, exp: int = 0) -> bytes:
-    header = AggHeader(MsgType.UPDATE, 1, JOB, tsi, tsi % 4, (tsi // 4) % 2, exp, 0)
+def key_of(worker_id: int) -> int:
+    """The key the tests admit worker ``worker_id`` with (the top bit set: a full 32-bit value)."""
+    return 0x8BAD_F00D ^ worker_id
+
+
+def update(tsi: int, values: np.ndarray, exp: int = 0, worker_id: int = 0) -> bytes:
+    header = AggHeader(MsgType.UPDATE, 1, JOB, tsi, tsi % 4, (tsi // 4) % 2, exp, 0, key_of(worker_id), op=77)
     return encode(header, values)
 
 
@@ -113,16 +115,17 @@ def test_workers_aggregate_through_a_switch_programmed_over_p4runtime(rig: tuple
         for tsi in range(12):
             values = [rng.integers(-(2**20), 2**20, size=64).astype(np.int32) for _ in sockets]
             for i, (s, v) in enumerate(zip(sockets, values)):
-                s.sendto(update(tsi, v, exp=i - 1), address)
-            for s in sockets:
+                s.sendto(update(tsi, v, exp=i - 1, worker_id=i), address)
+            for i, s in enumerate(sockets):
                 header, lanes = decode(s.recv(4096))
                 assert (header.msg_type, header.tsi, header.exp) == (MsgType.RESULT, tsi, 1)
+                assert (header.key, header.op) == (key_of(i), 77)
                 np.testing.assert_array_equal(lanes, np.sum(values, axis=0))
         assert counter(client, "job_stats", JOB * NUM_JOB_STATS + JobStat.COMPLETED) == 12
         assert counter(client, "job_stats", JOB * NUM_JOB_STATS + JobStat.AGGREGATED) == 36
 
         # A retransmission after completion is answered from the registers ...
-        sockets[1].sendto(update(11, np.zeros(64, np.int32)), address)
+        sockets[1].sendto(update(11, np.zeros(64, np.int32), worker_id=1), address)
         header, lanes = decode(sockets[1].recv(4096))
         assert header.tsi == 11 and lanes.any()
         # ... until a pipeline push, which zeroes them and clears every table: the switch drops everything.
@@ -146,4 +149,4 @@ def test_counters_read_over_p4runtime_match_the_pipeline(rig: tuple[SoftSwitch, 
         stranger.sendto(update(0, np.zeros(64, np.int32)), switch.ports.address)  # type: ignore[attr-defined]
         wait_for(lambda: counter(client, "drops", DropReason.UNKNOWN_WORKER) == 1, "the drop to be counted")
     entity = client.read(client.counter_entry("drops", DropReason.UNKNOWN_WORKER))[0]
-    assert entity.counter_entry.data.byte_count == 42 + 10 + 4 * 64
+    assert entity.counter_entry.data.byte_count == AGG_OFFSET + HEADER_BYTES + LANE_BYTES * 64

@@ -45,8 +45,9 @@ def loopback_job(
 ) -> Job:
     workers = tuple(
         Worker(
-            job=job, worker_id=i, ip=LOCALHOST, udp_port=s.getsockname()[1], mac=0x020000000100 + i, port=port
-        )
+            job=job, worker_id=i, ip=LOCALHOST, udp_port=s.getsockname()[1], mac=0x020000000100 + i, port=port,
+            key=0xC0FFEE00 + i,
+        )  # fmt: skip
         for i, s in enumerate(sockets)
     )
     return Job(job=job, workers=workers, pool_base=0, pool_size=8, size=size, epoch=1)
@@ -80,19 +81,21 @@ def test_workers_on_loopback_get_the_sum(switch: tuple[SwitchState, SoftSwitch])
         rng = np.random.default_rng(1)
         for tsi in range(20):
             values = [rng.integers(-1000, 1000, size=64).astype(np.int32) for _ in sockets]
-            for sock, v in zip(sockets, values):
+            for sock, w, v in zip(sockets, job.workers, values):
                 sock.sendto(
-                    update_payload(job=9, tsi=tsi, slot=tsi % 8, set_=(tsi // 8) % 2, lanes=v), address
+                    update_payload(job=9, tsi=tsi, slot=tsi % 8, set_=(tsi // 8) % 2, lanes=v, key=w.key), address
                 )
             for sock in sockets:
                 data, sender = sock.recvfrom(4096)
                 assert sender == address
                 header, lanes = decode(data)
                 assert (header.msg_type, header.tsi, header.job) == (MsgType.RESULT, tsi, 9)
+                assert header.key == job.workers[sockets.index(sock)].key
                 np.testing.assert_array_equal(lanes, np.sum(values, axis=0))
         assert job_stats(state, 9) == {JobStat.AGGREGATED: 60, JobStat.COMPLETED: 20}
         assert drops(state) == {}
-        assert sw.ports.stats.rx == 60 and sw.ports.stats.tx == 60
+        # The data path thread counts a batch's frames after handling it, so the last RESULT can arrive first.
+        wait_for(lambda: (sw.ports.stats.rx, sw.ports.stats.tx) == (60, 60), "the port statistics of 60 frames")
     finally:
         for s in sockets:
             s.close()
@@ -115,8 +118,8 @@ def test_frames_for_other_ports_are_not_sent(switch: tuple[SwitchState, SoftSwit
     with udp_socket() as a, udp_socket() as b:
         job = loopback_job(4, [a, b], port=2)  # RESULT replicas go to port 2, which UDP mode does not have
         install_job(state, job)
-        for sock in (a, b):
-            sock.sendto(update_payload(job=4, tsi=0, slot=0, set_=0, lanes=np.ones(32, np.int32)), address)
+        for sock, w in zip((a, b), job.workers):
+            sock.sendto(update_payload(job=4, tsi=0, slot=0, set_=0, lanes=np.ones(32, np.int32), key=w.key), address)
         wait_for(lambda: sw.ports.stats.tx_unroutable == 2, "two unroutable RESULTs")
         assert job_stats(state, 4)[JobStat.COMPLETED] == 1 and sw.ports.stats.tx == 0
 
