@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -11,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import BadRequest, ControllerError, NoSuchRoute, UnknownJob
+from .errors import BadRequest, ControllerError, NoSuchRoute, RequestTimeout, UnknownJob
 from .jobs import JobManager, JoinRequest
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 9590
 #: Largest request body accepted.
 _MAX_BODY = 64 * 1024
+#: Longest a client may take to send a request (each read of the connection), or keep an idle connection open.
+REQUEST_TIMEOUT = 30.0
 
 StatsFn = Callable[[list[Any]], dict[str, Any]]
 
@@ -47,7 +50,14 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defau
     # bool is an int subclass, but `"rank": true` is a mistake, not rank 1
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise BadRequest(f"field '{name}' = {value!r} has the wrong type")
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf
+        raise BadRequest(f"field '{name}' = {value!r} must be a finite number")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    """json.loads hook for NaN, Infinity and -Infinity, which Python accepts but JSON does not have."""
+    raise BadRequest(f"request body holds {name}, which is not a JSON number; numbers must be finite")
 
 
 def join_request(body: dict[str, Any]) -> JoinRequest:
@@ -75,10 +85,16 @@ class ApiServer(ThreadingHTTPServer):
     # Every rank of a job connects at about the same moment; the default backlog of 5 resets the rest.
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], manager: JobManager, stats: StatsFn) -> None:
+    def __init__(self, address: tuple[str, int], manager: JobManager, stats: StatsFn, *,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.manager = manager
         self.stats = stats
+        self.request_timeout = request_timeout
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints the traceback to stderr; keep it in the log with everything else.
+        log.exception("error serving %s", client_address)
 
     @property
     def url(self) -> str:
@@ -97,8 +113,27 @@ class _Handler(BaseHTTPRequestHandler):
     server: ApiServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        # A socket timeout for every read and write: a client that stops sending (a half-sent request, a
+        # Content-Length larger than its body, an idle keep-alive connection) cannot hold a thread forever.
+        # A join waits for the other ranks without reading the socket, so it is not cut short by this.
+        self.timeout = self.server.request_timeout
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
+
+    def handle_one_request(self) -> None:
+        self.command = None  # on a kept-alive connection, not the previous request's
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError) as ex:
+            # The client went away or stalled (for a join, possibly after giving up waiting): nothing to answer,
+            # and nothing wrong with the controller. One line, no traceback.
+            what = f"{self.command} {self.path}" if getattr(self, "command", None) else "a request"
+            log.info("client %s: connection closed during %s (%s)", self.address_string(), what,
+                     type(ex).__name__)
+            self.close_connection = True
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
@@ -111,12 +146,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            raise BadRequest(f"request body of {length} bytes is too large")
-        raw = self.rfile.read(length) if length else b""
+        # Until the body is read the connection cannot carry another request: close it after any refusal here.
+        self.close_connection = True
+        if "Transfer-Encoding" in self.headers:
+            raise BadRequest("send the request body with a Content-Length, not a Transfer-Encoding")
+        text = self.headers.get("Content-Length", "0").strip()
+        if not (text.isascii() and text.isdigit()):
+            raise BadRequest(f"Content-Length {text[:40]!r} is not a byte count")
+        # Length first: int() refuses strings of thousands of digits with a ValueError of its own.
+        if len(text) > len(str(_MAX_BODY)) or int(text) > _MAX_BODY:
+            raise BadRequest(f"request body of {text[:40]} bytes is too large (at most {_MAX_BODY})")
+        length = int(text)
         try:
-            body = json.loads(raw or b"{}")
+            raw = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            raise RequestTimeout(self.server.request_timeout) from None
+        if len(raw) < length:
+            raise BadRequest(f"request body ended after {len(raw)} of {length} bytes")
+        self.close_connection = False
+        try:
+            body = json.loads(raw or b"{}", parse_constant=_no_constant)
         except (json.JSONDecodeError, UnicodeDecodeError) as ex:
             raise BadRequest(f"request body is not JSON: {ex}") from None
         if not isinstance(body, dict):
@@ -125,13 +174,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, handler: Callable[[], dict[str, Any]]) -> None:
         try:
-            self._send(HTTPStatus.OK, handler())
+            status, payload = HTTPStatus.OK, handler()
         except ControllerError as ex:
-            self._send(ex.http_status, {"error": {"type": type(ex).__name__, "message": str(ex)}})
+            status, payload = ex.http_status, {"error": {"type": type(ex).__name__, "message": str(ex)}}
         except Exception as ex:  # a bug: answer 500 with what happened instead of dropping the connection
             log.exception("internal error serving %s %s", self.command, self.path)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR,
-                       {"error": {"type": "InternalError", "message": f"{type(ex).__name__}: {ex}"}})
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            payload = {"error": {"type": "InternalError", "message": f"{type(ex).__name__}: {ex}"}}
+        # Outside the handlers' try: a client that left makes this raise, which is not an internal error.
+        self._send(status, payload)
 
     def do_POST(self) -> None:
         routes = {"/v1/jobs/join": self._join, "/v1/jobs/leave": self._leave, "/v1/jobs/heartbeat": self._heartbeat}

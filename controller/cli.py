@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -16,6 +17,17 @@ from .client import ControllerClient, ControllerClientError
 from .errors import ControllerError
 
 _DEFAULT_API = f"{DEFAULT_API_HOST}:{DEFAULT_API_PORT}"
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (float() also takes "nan" and "inf")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,9 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="P4Info text file of the pipeline (default: the one committed under p4/v1model/build/)")
     run.add_argument("--bmv2-json", type=Path, metavar="FILE",
                      help="BMv2 JSON of the pipeline, pushed with the P4Info (default: the committed one)")
-    run.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+    run.add_argument("--connect-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                      help="how long to wait for the switch at start before giving up (default 30)")
-    run.add_argument("--lease", type=float, metavar="SECONDS",
+    run.add_argument("--lease", type=_seconds, metavar="SECONDS",
                      help="tear a job down when one of its ranks sends no heartbeat for this long "
                           "(default: [jobs] lease_seconds of the config, else 30)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -87,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
         logging.getLogger("finsy").setLevel(logging.WARNING)
+    # finsy logs every P4Runtime message at DEBUG, write requests with the workers' keys among them: never.
+    logging.getLogger("finsy.msg").setLevel(logging.INFO)
     topology = load_topology(args.config)
     controller = Controller(
         topology,

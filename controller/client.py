@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .api import DEFAULT_API_PORT, parse_address
@@ -48,6 +49,9 @@ class JoinResult:
     epoch: int
     switch: SwitchEndpoint
     lease_seconds: float
+    #: This worker's data-plane key: put in every UPDATE, expected in every RESULT (docs/security.md). A secret,
+    #: so it stays out of the repr (and so out of logs and tracebacks that print the result).
+    key: int = field(repr=False)
 
 
 class ControllerClient:
@@ -72,6 +76,8 @@ class ControllerClient:
         timeout: float = 60.0,
     ) -> JoinResult:
         """Join a job; blocks until every rank joined (or ``timeout`` passes: JoinTimeout)."""
+        if not math.isfinite(timeout):  # it also bounds the HTTP request: NaN would wait forever
+            raise ValueError(f"join timeout {timeout!r} must be a finite number of seconds")
         body = {
             "job": job, "world_size": world_size, "rank": rank, "addr": addr, "port": port, "mac": mac,
             "lanes": lanes, "slots": slots, "timeout": timeout,
@@ -88,6 +94,7 @@ class ControllerClient:
             epoch=reply["epoch"],
             switch=SwitchEndpoint(sw["mac"], sw["addr"], sw["port"]),
             lease_seconds=reply["lease_seconds"],
+            key=reply["key"],
         )
 
     def leave(self, job: str, rank: int) -> dict[str, Any]:

@@ -10,12 +10,27 @@ from __future__ import annotations
 
 from finsy import P4MulticastGroupEntry, P4TableAction, P4TableEntry, P4TableMatch
 
-from netagg.constants import FLOOD_MCAST_GROUP, JOB_MCAST_GROUP_BASE
+from netagg.constants import EPOCH_BITS, FLOOD_MCAST_GROUP, JOB_MCAST_GROUP_BASE, KEY_BITS, PORT_BITS
 
 from .jobs import Job
 from .topology import Topology, loss_threshold
 
 Entity = P4TableEntry | P4MulticastGroupEntry
+
+#: Every action this module writes, by P4Info name: (table, action) -> {parameter: bit width} (docs/protocol.md,
+#: "P4Info names"). ``switch.check_p4info`` compares it with the pipeline's P4Info before anything is written.
+ACTION_PARAMS: dict[tuple[str, str], dict[str, int]] = {
+    ("workers", "set_worker"): {
+        "worker_id": 8, "num_workers": 8, "pool_base": 16, "pool_size": 16, "size": 8, "epoch": EPOCH_BITS,
+        "port": PORT_BITS, "key": KEY_BITS,
+    },
+    ("results", "set_result_dst"): {"mac": 48, "addr": 32, "port": 16, "key": KEY_BITS},
+    ("agg_addr", "set_agg_addr"): {"mac": 48, "addr": 32},
+    ("l2_forward", "forward"): {"port": PORT_BITS},
+    ("arp_reply", "reply_arp"): {"mac": 48},
+    ("ingress_loss", "set_loss"): {"threshold": 32},
+    ("egress_loss", "set_loss"): {"threshold": 32},
+}
 
 
 def agg_addr_default(topo: Topology) -> P4TableEntry:
@@ -59,7 +74,11 @@ def static_entries(topo: Topology) -> list[Entity]:
 
 
 def job_entries(job: Job) -> list[Entity]:
-    """Entries to INSERT for a job: one ``workers`` and one ``results`` entry per worker, and its result group."""
+    """Entries to INSERT for a job: one ``workers`` and one ``results`` entry per worker, and its result group.
+
+    Both entries of a worker carry its key; a re-install (switch restart) builds them from the same ``Job``, so
+    the workers keep the keys they were given at admission.
+    """
     entries: list[Entity] = []
     for w in job.workers:
         entries.append(
@@ -75,6 +94,7 @@ def job_entries(job: Job) -> list[Entity]:
                     size=job.size_code,
                     epoch=job.epoch,
                     port=w.switch_port,
+                    key=w.key,
                 ),
             )
         )
@@ -83,7 +103,8 @@ def job_entries(job: Job) -> list[Entity]:
             P4TableEntry(
                 "results",
                 match=P4TableMatch(job=job.job_id, worker_id=w.rank),
-                action=P4TableAction("set_result_dst", mac=w.mac, addr=w.addr, port=w.udp_port),
+                # The receiving worker's own key: it drops a RESULT without it (docs/protocol.md).
+                action=P4TableAction("set_result_dst", mac=w.mac, addr=w.addr, port=w.udp_port, key=w.key),
             )
         )
     entries.append(

@@ -80,6 +80,15 @@ class BadRequest(RequestError):
     """The request body is not what the route expects (missing field, wrong type)."""
 
 
+class RequestTimeout(RequestError):
+    """The client did not send its whole request in time."""
+
+    http_status = 408
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the request was not received within {timeout:g} s; send it whole, then wait")
+
+
 class NoSuchRoute(RequestError):
     http_status = 404
 
@@ -166,6 +175,14 @@ class BadSlotCount(AdmissionError):
         )
 
 
+class BadTimeout(AdmissionError):
+    def __init__(self, job: str, rank: int, timeout: object) -> None:
+        self.job, self.rank, self.timeout = job, rank, timeout
+        super().__init__(
+            f"job {job!r}: rank {rank} gives a join timeout of {timeout!r}; it must be a finite number of seconds"
+        )
+
+
 class PoolExhausted(AdmissionError):
     http_status = 503
 
@@ -183,6 +200,21 @@ class JobIdsExhausted(AdmissionError):
     def __init__(self, job: str, rank: int, in_use: int) -> None:
         self.job, self.rank = job, rank
         super().__init__(f"job {job!r}: rank {rank} cannot be admitted: all {in_use} job ids are in use")
+
+
+class EpochsExhausted(AdmissionError):
+    """Every job epoch was handed out since the pipeline was pushed; reusing one could mix jobs' sums."""
+
+    http_status = 503
+
+    def __init__(self, job: str, rank: int, last_epoch: int) -> None:
+        self.job, self.rank, self.last_epoch = job, rank, last_epoch
+        super().__init__(
+            f"job {job!r}: rank {rank} cannot be admitted: every job epoch up to {last_epoch} was handed out since "
+            f"the switch pipeline was pushed, and reusing one could let a slot left by an earlier job count as "
+            f"this job's. Restart the switch pipeline (restart the controller: it pushes the pipeline at start, "
+            f"which resets the epochs), then join again"
+        )
 
 
 class UnknownHost(AdmissionError):

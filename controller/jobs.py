@@ -1,4 +1,4 @@
-"""The application layer: jobs, their workers, slot ranges, epochs, joins, leaves and leases.
+"""The application layer: jobs, their workers and keys, slot ranges, epochs, joins, leaves and leases.
 
 Testable without a switch: everything the switch must know is handed to a ``JobProgrammer`` (``switch.py``
 implements it over P4Runtime; tests use a recorder).
@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from netagg.constants import LANE_COUNTS, MAX_JOBS, MAX_WORKERS
+from netagg.constants import KEY_BITS, LANE_COUNTS, MAX_JOBS, MAX_WORKERS
 from netagg.wire import size_for_lanes
 
+from .epochs import EpochCounter, EpochSpaceExhausted
 from .errors import (
     BadPort,
     BadSlotCount,
+    BadTimeout,
+    ConfigError,
     DuplicateEndpoint,
     DuplicateRank,
+    EpochsExhausted,
     JobAlreadyStarted,
     JobIdsExhausted,
     JoinAborted,
@@ -30,7 +36,6 @@ from .errors import (
     ParameterMismatch,
     PoolExhausted,
     RankOutOfRange,
-    SwitchError,
     UnknownHost,
     UnknownJob,
     UnknownRank,
@@ -62,6 +67,14 @@ class JoinRequest:
     timeout: float = 60.0
 
 
+def new_key(randbits: Callable[[int], int] = secrets.randbits) -> int:
+    """A worker's data-plane key: random, never 0, so that a zeroed or unset header field never matches."""
+    while True:
+        key = randbits(KEY_BITS)
+        if key:
+            return key
+
+
 @dataclass(frozen=True, slots=True)
 class Worker:
     rank: int  # also the worker id on the switch and the multicast replica's instance
@@ -69,6 +82,9 @@ class Worker:
     udp_port: int
     mac: str
     switch_port: int
+    #: The secret the switch checks in the worker's UPDATEs and puts in its RESULTs (docs/security.md). Told to
+    #: this rank alone, in its join answer: kept out of reprs so that no log line or error message shows it.
+    key: int = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,7 @@ class Admission:
             "epoch": self.job.epoch,
             "lease_seconds": self.lease_seconds,
             "switch": {"mac": self.switch_mac, "addr": self.switch_addr, "port": self.switch_port},
+            "key": self.job.workers[self.worker_id].key,  # this rank's own key only
         }
 
 
@@ -153,12 +170,18 @@ class JobManager:
         programmer: JobProgrammer,
         *,
         lease_seconds: float | None = None,
+        epochs: EpochCounter | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_admitted: Callable[[Job], None] | None = None,
         on_teardown: Callable[[Job], None] | None = None,
     ) -> None:
         self.topology = topology
         self.lease_seconds = topology.lease_seconds if lease_seconds is None else lease_seconds
+        if not math.isfinite(self.lease_seconds) or self.lease_seconds <= 0:
+            # NaN would make every lease comparison false: no job would ever expire.
+            raise ConfigError(f"lease {self.lease_seconds} s must be a finite number of seconds > 0")
+        #: Shared with the switch layer, which reports pipeline pushes to it (``service.py`` wires them).
+        self.epochs = EpochCounter() if epochs is None else epochs
         self._programmer = programmer
         self._clock = clock
         self._on_admitted = on_admitted
@@ -177,7 +200,7 @@ class JobManager:
     def join(self, req: JoinRequest) -> Admission:
         """Register one rank; blocks until every rank joined and the job is installed, or the deadline passes."""
         worker = self._validate(req)
-        timeout = min(max(float(req.timeout), 0.0), MAX_JOIN_TIMEOUT)
+        timeout = min(max(req.timeout, 0.0), MAX_JOIN_TIMEOUT)
         deadline = time.monotonic() + timeout
         with self._cond:
             if req.job in self._active:
@@ -191,6 +214,12 @@ class JobManager:
             self._ended.pop(req.job, None)
             if len(pending.workers) < pending.world_size:
                 return self._wait_admitted(pending, req.rank, deadline, timeout)
+            try:
+                epoch = self.epochs.take()
+            except EpochSpaceExhausted as ex:
+                error = EpochsExhausted(req.job, req.rank, ex.last)
+                self._drop_pending(pending, error)
+                raise error from None
             pending.state = "installing"
             job = Job(
                 name=pending.name,
@@ -198,19 +227,25 @@ class JobManager:
                 world_size=pending.world_size,
                 lanes=pending.lanes,
                 pool=pending.pool,
-                epoch=self._pool.assign_epoch(pending.pool),
+                epoch=epoch,
                 workers=tuple(pending.workers[r] for r in range(pending.world_size)),
             )
         # The last rank to arrive installs the job, outside the lock: heartbeats of other jobs go on meanwhile.
         try:
             self._programmer.install_job(job)
-        except SwitchError as ex:
+        except Exception as ex:
+            # Whatever went wrong (a SwitchError, or a bug), the other ranks must hear of it and the job's id and
+            # slots must come back; the switch layer took back whatever part of the job got in.
+            self.epochs.give_back(job.epoch)
             with self._cond:
                 self._drop_pending(pending, ex)
             raise
         if self._on_admitted is not None:
             # Before any rank learns it is admitted: counter baselines must precede the job's first packet.
-            self._on_admitted(job)
+            try:
+                self._on_admitted(job)
+            except Exception:  # the job is installed: a failed bookkeeping hook must not strand it half-admitted
+                log.exception("admission hook failed for job %r; admitting it anyway", job.name)
         with self._cond:
             now = self._clock()
             self._active[job.name] = _Active(job, {r: now for r in range(job.world_size)})
@@ -242,7 +277,11 @@ class JobManager:
         slots = self.topology.default_slots if req.slots is None else req.slots
         if not 1 <= slots <= self.topology.pool_slots:
             raise BadSlotCount(req.job, req.rank, slots, self.topology.pool_slots)
-        return Worker(req.rank, req.addr, req.port, mac, host.port)
+        if not isinstance(req.timeout, int | float) or not math.isfinite(req.timeout):
+            # A NaN deadline never passes: the partial job would hold its id and slots forever.
+            raise BadTimeout(req.job, req.rank, req.timeout)
+        # A fresh key per join: a job admitted again (a new job) never reuses the keys of an earlier one.
+        return Worker(req.rank, req.addr, req.port, mac, host.port, key=new_key())
 
     def _reserve(self, req: JoinRequest) -> _Pending:
         """First rank of a job: reserve its job id and slot range now, so the job cannot be starved later."""
@@ -359,6 +398,8 @@ class JobManager:
             self._on_teardown(job)  # e.g. read the job's final counters while its id is still its own
         # Delete before freeing: a new job reusing the id must not collide with entries still on the switch.
         self._programmer.remove_job(job)
+        # Only now can no packet write the job's epoch any more (until a push, the epoch is not handed out again).
+        self.epochs.give_back(job.epoch)
         with self._cond:
             self._pool.release(job.pool)
             self._job_ids.discard(job.job_id)
@@ -448,4 +489,4 @@ class JobManager:
 
     def pool_view(self) -> dict[str, int]:
         with self._cond:
-            return {"size": self._pool.size, "free": self._pool.free_slots}
+            return {"size": self._pool.size, "free": self._pool.free_slots, "epochs_left": self.epochs.remaining}

@@ -8,6 +8,7 @@ from pathlib import Path
 from netagg import artifacts
 
 from .api import ApiServer
+from .epochs import EpochCounter
 from .jobs import JobManager
 from .stats import StatsReader
 from .switch import SwitchConnection
@@ -33,12 +34,15 @@ class Controller:
         lease_seconds: float | None = None,
     ) -> None:
         self.topology = topology
-        self.switch = SwitchConnection(topology, p4info, bmv2_json)
+        # One counter: the job manager takes epochs from it, the switch layer tells it of every pipeline push.
+        epochs = EpochCounter()
+        self.switch = SwitchConnection(topology, p4info, bmv2_json, epochs=epochs)
         self.stats = StatsReader(self.switch)
         self.jobs = JobManager(
             topology,
             self.switch,
             lease_seconds=lease_seconds,
+            epochs=epochs,
             on_admitted=self.stats.mark_start,
             on_teardown=self.stats.mark_end,
         )

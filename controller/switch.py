@@ -1,12 +1,15 @@
 """The switch layer: one P4Runtime switch, kept programmed with the static state and the current jobs.
 
 finsy provides the encoding, the P4Info schema, the entities and the gRPC client; this module adds the
-lifecycle. At start it pushes the pipeline unconditionally, on a session of its own (that zeroes every register,
-so the controller's per-slot epoch record, which starts empty, is true). Later, whenever finsy (re)connects and
-becomes primary -- after a dropped connection or a switch restart -- its ready handler re-installs everything:
-finsy first pushes the pipeline only if the switch does not already run it (cookie check), then ``_reinstall``
-inserts the static state and every current job, turning ALREADY_EXISTS into MODIFY, so it is right in both
-cases.
+lifecycle. At start it pushes the pipeline unconditionally, on a session of its own. Later, whenever finsy
+(re)connects and becomes primary -- after a dropped connection or a switch restart -- its ready handler re-installs
+everything: finsy first pushes the pipeline only if the switch does not already run it (cookie check), then
+``_reinstall`` inserts the static state and every current job, turning ALREADY_EXISTS into MODIFY, so it is right
+in both cases.
+
+Each of these pushes, and only these, zeroes the switch's registers while the controller knows it; each is reported
+to the ``EpochCounter``, which may then hand out low epochs again (``epochs.py``). A reconnection without a push
+(the switch kept running) leaves the counter alone, as does anything this controller did not push itself.
 
 finsy runs on asyncio in a thread of its own; the rest of the controller is threaded and calls the blocking
 methods here. Every P4Runtime failure leaves this module as a ``SwitchError``.
@@ -38,7 +41,8 @@ from finsy import (
 )
 from finsy.proto import U128, p4r
 
-from .entries import Entity, agg_addr_default, job_entries, job_keys, static_entries
+from .entries import ACTION_PARAMS, Entity, agg_addr_default, job_entries, job_keys, static_entries
+from .epochs import EpochCounter
 from .errors import ConfigError, SwitchError, SwitchUnavailable, UpdateFailure
 from .jobs import Job
 from .topology import Topology
@@ -53,41 +57,76 @@ REQUIRED_COUNTERS = ("drops", "job_drops", "job_stats")
 
 
 def check_p4info(schema: P4Schema) -> None:
-    """Fail early, naming what is missing, if the P4Info lacks a table or counter the controller uses."""
-    missing = [f"table {t}" for t in REQUIRED_TABLES if schema.tables.get(t) is None]
-    missing += [f"counter {c}" for c in REQUIRED_COUNTERS if schema.counters.get(c) is None]
-    if missing:
-        raise ConfigError(f"the P4Info lacks {', '.join(missing)} (see docs/protocol.md)")
+    """Fail early, in one line naming every difference, if the P4Info is not the pipeline this controller writes.
+
+    Tables, counters, and each action's parameters with their widths: a pipeline compiled for another wire
+    version would otherwise refuse the first job (a missing ``key``) or, worse, the 65,536th (a 16-bit epoch).
+    """
+    problems = [f"lacks table {t}" for t in REQUIRED_TABLES if schema.tables.get(t) is None]
+    problems += [f"lacks counter {c}" for c in REQUIRED_COUNTERS if schema.counters.get(c) is None]
+    for (table_name, action_name), wanted in ACTION_PARAMS.items():
+        table = schema.tables.get(table_name)
+        if table is None:
+            continue
+        resolved = _action_in_table(table, action_name)
+        if resolved is None:
+            problems.append(f"table {table_name} has no action {action_name}")
+            continue
+        have = {param.name: param.bitwidth for param in schema.actions[resolved].params}
+        for param, width in wanted.items():
+            if param not in have:
+                problems.append(f"action {action_name} lacks parameter {param} ({width} bits)")
+            elif have[param] != width:
+                problems.append(f"action {action_name} parameter {param} is {have[param]} bits, not {width}")
+        problems += [f"action {action_name} has parameter {p} that this controller does not know"
+                     for p in have if p not in wanted]
+    if problems:
+        unique = list(dict.fromkeys(problems))  # set_loss is checked for two tables
+        raise ConfigError(
+            f"the P4Info does not match this controller (docs/protocol.md, \"P4Info names\"): {'; '.join(unique)}. "
+            f"Use the pipeline compiled from this version of p4/ (make -C p4)"
+        )
+
+
+def _action_in_table(table: Any, name: str) -> str | None:
+    """The name the P4Info knows action ``name`` by among the table's actions, or None.
+
+    The contract names ``set_loss`` for both ``ingress_loss`` and ``egress_loss``; a compiler may qualify the two
+    actions (``Ingress.set_loss``) because their short names clash.
+    """
+    if table.actions.get(name) is not None:
+        return name
+    matches = [ref.alias for ref in table.actions if ref.name.endswith("." + name) or ref.alias.endswith("." + name)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def resolve_actions(entities: Iterable[Entity], schema: P4Schema) -> list[Entity]:
-    """Rewrite action names to the name the P4Info knows them by within their table.
-
-    The contract names ``set_loss`` for both ``ingress_loss`` and ``egress_loss``; a compiler may qualify the two
-    actions (``Ingress.set_loss``) because their short names clash. Look the name up among the table's actions.
-    """
+    """Rewrite action names to the name the P4Info knows them by within their table (see ``_action_in_table``)."""
     out = []
     for entity in entities:
         if isinstance(entity, P4TableEntry) and isinstance(entity.action, P4TableAction):
-            table = schema.tables[entity.table_id]
-            name = entity.action.name
-            if table.actions.get(name) is None:
-                matches = [ref.alias for ref in table.actions if ref.name.endswith("." + name)
-                           or ref.alias.endswith("." + name)]
-                if len(matches) != 1:
-                    raise ConfigError(f"table {entity.table_id} has no single action named {name} in the P4Info")
-                entity.action.name = matches[0]
+            resolved = _action_in_table(schema.tables[entity.table_id], entity.action.name)
+            if resolved is None:
+                raise ConfigError(
+                    f"table {entity.table_id} has no single action named {entity.action.name} in the P4Info"
+                )
+            entity.action.name = resolved
         out.append(entity)
     return out
 
 
+#: Action parameters that are secrets: error messages and logs show that they are set, never their value.
+SECRET_PARAMS = frozenset({"key"})
+
+
 def describe(entity: Entity) -> str:
-    """Short human-readable form of an entity for error messages."""
+    """Short human-readable form of an entity for error messages (secret parameters redacted)."""
     if isinstance(entity, P4TableEntry):
         match = dict(entity.match) if entity.match else {}
         text = f"table {entity.table_id} {match}"
         if isinstance(entity.action, P4TableAction):
-            text += f" -> {entity.action.name}{entity.action.args}"
+            args = {k: ("<secret>" if k in SECRET_PARAMS else v) for k, v in entity.action.args.items()}
+            text += f" -> {entity.action.name}{args}"
         return text
     if isinstance(entity, P4MulticastGroupEntry):
         return f"multicast group {entity.multicast_group_id}"
@@ -108,8 +147,33 @@ def translate(ex: P4ClientError, operation: str, entities: Sequence[Entity] = ()
     return SwitchError(operation, ex.code.name, ex.message, details)
 
 
+class _PushWatch:
+    """The pipeline's device config as finsy's ``p4blob``, noting when finsy reads it to push the pipeline.
+
+    On a (re)connection finsy pushes the pipeline only if the switch does not run it already, and does not say
+    which it did; the epoch counter must know. finsy takes ``p4blob`` as a path or as any object with
+    ``__bytes__``, reads it once to compute the pipeline's cookie when the ``Switch`` is built, and after that only
+    to build the push request. So once armed, a read means a push was sent; the ready handler that follows on
+    the same connection confirms it went through (a failed push drops the connection instead, and ``_on_down``
+    forgets the read). A test against the fake switch checks both cases, should finsy change.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.armed = False
+        self.read_since_ready = False
+
+    def __bytes__(self) -> bytes:
+        if self.armed:
+            self.read_since_ready = True
+        return self._path.read_bytes()
+
+
 class SwitchConnection:
-    """A programmed P4Runtime switch; implements the application layer's ``JobProgrammer``."""
+    """A programmed P4Runtime switch; implements the application layer's ``JobProgrammer``.
+
+    ``epochs`` is told of every pipeline push this connection makes (share it with the ``JobManager``).
+    """
 
     def __init__(
         self,
@@ -119,6 +183,7 @@ class SwitchConnection:
         *,
         name: str = "netagg",
         call_timeout: float = 30.0,
+        epochs: EpochCounter | None = None,
     ) -> None:
         self.topology = topology
         self._p4info = Path(p4info)
@@ -139,6 +204,9 @@ class SwitchConnection:
         self._pending_deletes: list[Job] = []  # removed while the switch was unreachable
         self._generation = 0  # +1 each time the switch was found empty (registers and counters zeroed)
         self._last_error = ""  # why the last (re)install failed, for SwitchUnavailable messages
+        self.epochs = EpochCounter() if epochs is None else epochs
+        self._push_watch = _PushWatch(self._p4blob)
+        self._stopping = False  # set by stop(): the connection going down is not news then
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -164,7 +232,7 @@ class SwitchConnection:
         self._lock = asyncio.Lock()
         options = SwitchOptions(
             p4info=self._p4info,
-            p4blob=self._p4blob,
+            p4blob=self._push_watch,
             device_id=self.topology.device_id,
             initial_election_id=self.topology.election_id,
         )
@@ -174,6 +242,7 @@ class SwitchConnection:
         while True:
             try:
                 await self._push_pipeline(schema, max(deadline - time.monotonic(), 1.0))
+                self.epochs.pipeline_pushed(job.epoch for job in self._jobs.values())
                 break
             except SwitchUnavailable as ex:
                 if time.monotonic() > deadline:
@@ -183,6 +252,7 @@ class SwitchConnection:
                 await asyncio.sleep(0.2)
         self._generation += 1
         switch = Switch(self._name, self.topology.address, options(ready_handler=self._on_ready))
+        self._push_watch.armed, self._push_watch.read_since_ready = True, False  # past the cookie computation
         switch.ee.on(SwitchEvent.CHANNEL_DOWN, self._on_down)
         self._switch = switch
         self._run_task = asyncio.create_task(switch.run())
@@ -266,23 +336,40 @@ class SwitchConnection:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        if self._run_task is not None:
-            task = self._run_task
-
-            async def cancel() -> None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
-            try:
-                asyncio.run_coroutine_threadsafe(cancel(), loop).result(10.0)
-            except concurrent.futures.TimeoutError:
-                log.warning("P4Runtime client did not stop within 10 s")
+        self._stopping = True  # the connection going down now is expected: no warning, no reconnection
+        try:
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(10.0)
+        except concurrent.futures.TimeoutError:
+            log.warning("P4Runtime client did not stop within 10 s")
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10.0)
         if not thread.is_alive():
             loop.close()
         self._loop = self._thread = self._run_task = self._switch = None
         self._ready.clear()
+        self._stopping = False
+        log.info("P4Runtime client for %s stopped", self.topology.address)
+
+    async def _close(self) -> None:
+        """Stop finsy's Switch, then end every task still on the loop, before the loop itself stops.
+
+        A task left pending when the loop closes is destroyed later with an error logged ("Task was destroyed but
+        it is pending"): gRPC's bookkeeping of a call cancelled with the channel, or a request another thread
+        sent just before the stop. Cancel them and wait until they are done; new ones may appear while the
+        first ones unwind, hence the rounds.
+        """
+        if self._run_task is not None:
+            self._run_task.cancel()
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        current = asyncio.current_task()
+        for _ in range(10):
+            rest = [task for task in asyncio.all_tasks() if task is not current]
+            if not rest:
+                break
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
 
     @property
     def is_ready(self) -> bool:
@@ -306,15 +393,26 @@ class SwitchConnection:
 
     def _on_down(self, _switch: Switch) -> None:
         self._ready.clear()
-        log.warning("P4Runtime connection to %s is down; will re-install on reconnect", self.topology.address)
+        self._push_watch.read_since_ready = False  # a push on that connection was not confirmed: assume none
+        if self._stopping:
+            log.info("P4Runtime connection to %s closed", self.topology.address)
+        else:
+            log.warning("P4Runtime connection to %s is down; will re-install on reconnect", self.topology.address)
 
     async def _on_ready(self, switch: Switch) -> None:
+        pushed, self._push_watch.read_since_ready = self._push_watch.read_since_ready, False
         if not switch.is_primary:
             self._ready.clear()
             log.error("another controller is primary on %s; not programming the switch", self.topology.address)
             return
         assert self._lock is not None
         async with self._lock:
+            if pushed:
+                # finsy pushed the pipeline on this connection (the switch did not run it): registers are zero.
+                # Under the lock, so no job install interleaves; the jobs about to be re-installed keep their epochs.
+                self.epochs.pipeline_pushed(job.epoch for job in self._jobs.values())
+                log.info("pipeline pushed to %s on reconnection; epochs restart after %d",
+                         self.topology.address, self.epochs.last)
             try:
                 fresh = await self._reinstall(switch)
             except SwitchError as ex:

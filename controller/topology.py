@@ -6,6 +6,7 @@ The format is documented in docs/controller.md; ``controller/examples/`` holds e
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -178,8 +179,8 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
     jobs = _table(data, "jobs")
     _known(jobs, "[jobs]", {"lease_seconds"})
     lease = float(_get(jobs, "[jobs]", "lease_seconds", (int, float), DEFAULT_LEASE_SECONDS))
-    if lease <= 0:
-        raise ConfigError(f"[jobs] lease_seconds {lease} must be > 0")
+    if not math.isfinite(lease) or lease <= 0:  # TOML has nan and inf; a NaN lease would never expire a job
+        raise ConfigError(f"[jobs] lease_seconds = {lease} must be a finite number of seconds > 0")
 
     return Topology(
         address=address,

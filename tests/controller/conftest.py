@@ -1,4 +1,8 @@
-"""Fixtures for the controller tests: the committed P4 pipeline, a fake in-process P4Runtime server, topologies.
+"""Fixtures for the controller tests: the P4 pipeline, a fake in-process P4Runtime server, topologies.
+
+The fake server's tests use the P4Info of the contract (``p4info_contract.ACTIONS``): the committed P4Info with
+every contract action's parameters set to the contract's names and widths. Once the committed P4Info is compiled
+from the current program the two are the same; until then the controller is tested against the contract.
 
 The fake server implements just enough of P4Runtime for the controller: arbitration, capabilities,
 Get/SetForwardingPipelineConfig (with the cookie), Write (recording every WriteRequest, keeping a store so
@@ -17,16 +21,49 @@ from typing import Any
 import grpc
 import pytest
 from finsy import P4Schema
-from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
-from google.protobuf import any_pb2
-from p4info_contract import BMV2_JSON_PATH, P4INFO_PATH
+from finsy.proto import p4i, p4r, p4r_grpc, rpc_code, rpc_status
+from google.protobuf import any_pb2, text_format
+from p4info_contract import ACTIONS, BMV2_JSON_PATH, P4INFO_PATH, committed_p4info
 
 from netagg.controller.topology import Topology, parse_topology
 
 
+def contract_p4info() -> p4i.P4Info:
+    """The committed P4Info with the contract's parameters (names, order, widths) on every contract action."""
+    info = committed_p4info()
+    for action in info.actions:
+        params = ACTIONS.get(_short(action.preamble.name))
+        if params is None:
+            continue
+        existing = {p.name: p.id for p in action.params}
+        next_id = max(existing.values(), default=0) + 1
+        wanted = []
+        for name, width in params:
+            if name not in existing:
+                existing[name], next_id = next_id, next_id + 1
+            wanted.append(p4i.Action.Param(id=existing[name], name=name, bitwidth=width))
+        del action.params[:]
+        action.params.extend(wanted)
+    return info
+
+
+@pytest.fixture
+def make_p4info() -> Any:
+    """make_p4info() -> a fresh copy of the contract's P4Info, for a test to change."""
+    return contract_p4info
+
+
 @pytest.fixture(scope="session")
-def pipeline() -> tuple[Path, Path]:
-    """(P4Info, BMv2 JSON): the committed artifacts of the P4 program."""
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(P4Info, BMv2 JSON) for the fake switch: the contract's P4Info, the committed BMv2 JSON."""
+    path = tmp_path_factory.mktemp("pipeline") / "netagg.p4info.txtpb"
+    path.write_text(text_format.MessageToString(contract_p4info()))
+    return path, BMV2_JSON_PATH
+
+
+@pytest.fixture(scope="session")
+def committed_pipeline() -> tuple[Path, Path]:
+    """(P4Info, BMv2 JSON): the committed artifacts of the P4 program, for tests against a real switch."""
     return P4INFO_PATH, BMV2_JSON_PATH
 
 
@@ -88,7 +125,8 @@ def _entity_key(entity: p4r.Entity) -> bytes:
 class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
     """In-process P4Runtime server on 127.0.0.1 (port 0 picks a free port; a restart may reuse it)."""
 
-    def __init__(self, port: int = 0, api_version: str = "1.3.0", state_from: FakeP4Runtime | None = None) -> None:
+    def __init__(self, port: int = 0, api_version: str = "1.3.0", state_from: FakeP4Runtime | None = None,
+                 keep_entries: bool = True) -> None:
         self._lock = threading.Condition()
         self.api_version = api_version
         self.writes: list[p4r.WriteRequest] = []
@@ -102,7 +140,8 @@ class FakeP4Runtime(p4r_grpc.P4RuntimeServicer):
         self.other_primary: int | None = None  # election id of another (simulated) primary controller
         if state_from is not None:  # the same switch, still running its pipeline, after a dropped connection
             self.config = state_from.config
-            self.entities = dict(state_from.entities)
+            # keep_entries=False: someone deleted the entries meanwhile, without pushing (registers kept).
+            self.entities = dict(state_from.entities) if keep_entries else {}
             self.defaults = dict(state_from.defaults)
             self.counters = dict(state_from.counters)
         # A BMv2 JSON is several MB: accept large messages, as real P4Runtime servers do.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -16,6 +18,7 @@ import pytest
 from netagg.constants import NUM_DROP_REASONS, NUM_JOB_STATS, DropReason, JobStat
 from netagg.controller.api import ApiServer
 from netagg.controller.client import ControllerClient, ControllerClientError, ControllerUnreachable, JoinResult
+from netagg.controller.epochs import MAX_EPOCH
 from netagg.controller.jobs import Job, JobManager
 from netagg.controller.stats import StatsReader
 
@@ -49,12 +52,12 @@ class Counters:
 
 
 class Service:
-    def __init__(self, topology, lease: float | None = None) -> None:
+    def __init__(self, topology, lease: float | None = None, request_timeout: float = 30.0) -> None:
         self.recorder = Recorder()
         self.counters = Counters()
         stats = StatsReader(self.counters)
         self.manager = JobManager(topology, self.recorder, lease_seconds=lease, on_admitted=stats.mark_start)
-        self.server = ApiServer(("127.0.0.1", 0), self.manager, stats.collect)
+        self.server = ApiServer(("127.0.0.1", 0), self.manager, stats.collect, request_timeout=request_timeout)
         self.server.start()
         self.client = ControllerClient(self.server.url.removeprefix("http://"), timeout=5)
 
@@ -109,7 +112,20 @@ def test_concurrent_join_of_several_ranks(service: Service) -> None:
     assert service.recorder.calls == [("install", "train")]
     listing = service.client.jobs()
     assert listing["jobs"][0]["job"] == "train" and listing["jobs"][0]["state"] == "active"
-    assert listing["pool"] == {"size": 64, "free": 52}
+    assert listing["pool"] == {"size": 64, "free": 52, "epochs_left": MAX_EPOCH - first.epoch}
+
+
+def test_each_rank_gets_its_key_and_nothing_else_shows_keys(service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    results = join_ranks(service.client, "train", 3)
+    keys = [r.key for r in results]
+    assert 0 not in keys and len(set(keys)) == 3
+    assert keys == [w.key for w in service.manager.active_jobs()[0].workers]
+    # Not in the listing, the statistics, the log, or the repr of a join result.
+    shown = json.dumps(service.client.jobs()) + json.dumps(service.client.stats()) + caplog.text + repr(results)
+    for key in keys:
+        assert str(key) not in shown and f"{key:x}" not in shown and f"{key:#x}" not in shown
+    assert '"key"' not in shown and "key=" not in shown
 
 
 def test_errors_carry_type_and_message(service: Service) -> None:
@@ -236,3 +252,93 @@ def test_many_jobs_join_at_once(service: Service) -> None:
     ranges = sorted((j["pool_base"], j["pool_base"] + j["slots"]) for j in listing.values())
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(ranges))
     assert len(service.recorder.calls) == 8
+
+
+# --- malformed and misbehaving clients -------------------------------------------------------------------------
+
+
+def raw_request(service: Service, head: bytes, body: bytes = b"", *, linger_reset: bool = False) -> socket.socket:
+    """Send bytes as they are on a new connection (no HTTP client fixes them up); the socket stays open."""
+    sock = socket.create_connection(service.server.server_address[:2], timeout=10)
+    if linger_reset:  # close() will reset the connection at once, as a killed client's does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.sendall(head + body)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of one answer (blocks until the server answers: the socket has a timeout)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed without an answer after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:])
+    length = int(fields[b"Content-Length"])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), json.loads(body)
+
+
+JOIN = (b"POST /v1/jobs/join HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\n")
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_numbers_are_refused(service: Service, number: bytes) -> None:
+    # A NaN deadline never passes: the partial job would never expire and would hold its id and slots.
+    body = (b'{"job": "j", "world_size": 2, "rank": 0, "addr": "10.0.0.1", "port": 1, "lanes": 64, "timeout": '
+            + number + b"}")
+    with raw_request(service, JOIN + b"Content-Length: %d\r\n\r\n" % len(body), body) as sock:
+        status, answer = read_answer(sock)
+    assert status == 400 and answer["error"]["type"] == "BadRequest"
+    assert "finite" in answer["error"]["message"]
+    assert service.client.jobs()["jobs"] == []
+    with pytest.raises(ValueError, match="finite"):
+        service.client.join("j", world_size=2, rank=0, addr="10.0.0.1", port=1, lanes=64, timeout=float("nan"))
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-1", b"1e3", b" ", b"99999999999999999999", b"9" * 5000])
+def test_a_bad_content_length_is_400_at_once(service: Service, length: bytes,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    # The client keeps its end open: the answer must not wait for it to leave (Content-Length -1 did).
+    with raw_request(service, JOIN + b"Content-Length: " + length + b"\r\n\r\n") as sock:
+        status, answer = read_answer(sock)
+        assert status == 400 and answer["error"]["type"] == "BadRequest"
+        assert sock.recv(1) == b""  # and the connection is closed: its unread bytes are not a next request
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_slow_request_times_out(topology) -> None:
+    svc = Service(topology, request_timeout=0.3)
+    try:
+        # A body shorter than its Content-Length: the answer is 408, then the connection is closed.
+        with raw_request(svc, JOIN + b"Content-Length: 100\r\n\r\n", b'{"job": ') as sock:
+            status, answer = read_answer(sock)
+            assert status == 408 and answer["error"]["type"] == "RequestTimeout"
+            assert sock.recv(1) == b""
+        # Half a request line, then nothing: the connection is closed, and the thread with it.
+        with raw_request(svc, b"POST /v1/jo") as sock:
+            assert sock.recv(1) == b""
+        # The server still answers everyone else.
+        assert svc.client.jobs()["jobs"] == []
+    finally:
+        svc.close()
+
+
+def test_a_client_that_leaves_early_is_one_log_line(service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    body = b'{"job": "j", "world_size": 2, "rank": 0, "addr": "10.0.0.1", "port": 6000, "lanes": 64}'
+    sock = raw_request(service, JOIN + b"Content-Length: %d\r\n\r\n" % len(body), body, linger_reset=True)
+    poll(lambda: service.manager.describe() != [] and service.manager.describe()[0]["joined"] == [0])
+    sock.close()  # rank 0 gives up waiting; rank 1 then completes the job and rank 0's answer has nowhere to go
+    assert isinstance(service.client.join("j", world_size=2, rank=1, addr="10.0.0.2", port=6001, lanes=64),
+                      JoinResult)
+
+    def closed() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "connection closed during POST /v1/jobs/join" in r.getMessage()]
+
+    poll(lambda: closed() != [])
+    (record,) = closed()
+    assert record.levelno == logging.INFO and record.exc_info is None and "\n" not in record.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -124,9 +124,11 @@ def test_install_restart_reinstall(bmv2: Bmv2, make_topo) -> None:
         for t in threads:
             t.join(60)
         job = admitted[0].job
+        keys = {w.rank: w.key for w in job.workers}
         workers = conn.read_table("workers")
         assert sorted(int(e.action.args["worker_id"]) for e in workers) == [0, 1]
         assert {int(e.action.args["epoch"]) for e in workers} == {job.epoch}
+        assert {int(e.action.args["worker_id"]): int(e.action.args["key"]) for e in workers} == keys
         assert conn.read_counter("drops") == {i: (0, 0) for i in range(len(conn.read_counter("drops")))}
 
         before = conn.ready_count
@@ -134,6 +136,9 @@ def test_install_restart_reinstall(bmv2: Bmv2, make_topo) -> None:
         bmv2.start()
         poll(lambda: conn.ready_count > before and conn.is_ready, 60, "the controller to re-program BMv2")
         assert len(conn.read_table("workers")) == 2 and len(conn.read_table("results")) == 2
+        # The workers keep their keys across the restart.
+        results = conn.read_table("results")
+        assert {int(e.match["worker_id"]): int(e.action.args["key"]) for e in results} == keys
         assert len(conn.read_table("l2_forward")) == 3
 
         manager.leave("b", 0)

@@ -36,6 +36,16 @@ def test_help_names_every_option(capsys: pytest.CaptureFixture[str], command: st
         assert option in text
 
 
+@pytest.mark.parametrize("option", ["--lease", "--connect-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "soon"])
+def test_run_refuses_seconds_that_are_not_positive_and_finite(capsys: pytest.CaptureFixture[str], option: str,
+                                                              value: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--config", "unused.toml", option, value])
+    assert info.value.code == 2
+    assert f"argument {option}: {value!r} is not a finite number of seconds > 0" in capsys.readouterr().err
+
+
 def test_query_without_controller_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jobs", "--api-addr", "127.0.0.1:1"]) == 1
     assert "ControllerUnreachable" in capsys.readouterr().err
@@ -99,6 +109,11 @@ port = 1
         output, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, output
         assert "SIGTERM received" in output
+        # A clean shutdown is quiet: no warning that the switch connection is down, no task destroyed pending.
+        shutdown = output[output.index("SIGTERM received"):]
+        assert not [line for line in shutdown.splitlines() if " WARNING " in line or " ERROR " in line], shutdown
+        assert "Task was destroyed" not in shutdown and "Traceback" not in shutdown
+        assert "P4Runtime connection to" in shutdown and "closed" in shutdown
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,4 +1,4 @@
-"""Slot ranges and epochs."""
+"""Slot ranges (epochs: test_epochs.py, test_jobs.py)."""
 
 from __future__ import annotations
 
@@ -37,47 +37,9 @@ def test_release_of_unknown_range_is_an_error() -> None:
         pool.release(SlotRange(0, 2))
 
 
-def test_epoch_never_zero_never_last_on_range() -> None:
-    pool = SlotPool(8)
-    seen = []
-    for _ in range(20):
-        r = pool.allocate(8)
-        before = {pool.last_epoch(s) for s in range(8)}
-        epoch = pool.assign_epoch(r)
-        assert epoch != 0 and epoch not in before
-        assert all(pool.last_epoch(s) == epoch for s in range(8))
-        seen.append(epoch)
-        pool.release(r)
-    assert len(set(seen)) == len(seen)
-
-
-def test_epoch_skips_values_left_on_part_of_the_range() -> None:
-    pool = SlotPool(4)
-    left = pool.allocate(2)
-    assert pool.assign_epoch(left) == 1
-    right = pool.allocate(2)
-    assert pool.assign_epoch(right) == 2
-    pool.release(left)
-    pool.release(right)
-    # Force the counter back so that its next values collide with what the slots hold.
-    pool._next_epoch = 1
-    whole = pool.allocate(4)
-    assert pool.assign_epoch(whole) == 3
-
-
-def test_epoch_wraps_without_zero() -> None:
-    pool = SlotPool(1)
-    pool._next_epoch = 0xFFFF
-    r = pool.allocate(1)
-    assert pool.assign_epoch(r) == 0xFFFF
-    pool.release(r)
-    r = pool.allocate(1)
-    assert pool.assign_epoch(r) == 1
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=60))
-def test_random_allocations_stay_disjoint_and_epochs_fresh(ops: list[tuple[bool, int]]) -> None:
+def test_random_allocations_stay_disjoint(ops: list[tuple[bool, int]]) -> None:
     pool = SlotPool(32)
     held: list[SlotRange] = []
     for allocate, n in ops:
@@ -87,9 +49,6 @@ def test_random_allocations_stay_disjoint_and_epochs_fresh(ops: list[tuple[bool,
             except PoolFull as full:
                 assert full.largest_free < n and full.free == pool.free_slots
                 continue
-            previous = {pool.last_epoch(s) for s in range(r.base, r.end)}
-            epoch = pool.assign_epoch(r)
-            assert epoch != 0 and epoch not in previous
             held.append(r)
         else:
             pool.release(held.pop(n % len(held)))

@@ -24,13 +24,13 @@ DEVICE_ID = int(os.environ.get("NETAGG_P4RUNTIME_DEVICE_ID", "1"))
 
 
 @pytest.fixture
-def connection(make_topo, pipeline, fake_switch_class) -> Iterator[SwitchConnection]:
+def connection(make_topo, pipeline, committed_pipeline, fake_switch_class) -> Iterator[SwitchConnection]:
     fake = None
     if ADDRESS is None:
         fake = fake_switch_class()
         address = fake.address
-    else:
-        address = ADDRESS
+    else:  # a real switch compiles what it is given: the committed program
+        address, pipeline = ADDRESS, committed_pipeline
     conn = SwitchConnection(make_topo(address, device_id=DEVICE_ID), *pipeline)
     try:
         conn.start(timeout=20)
@@ -67,11 +67,13 @@ def test_job_entries_round_trip(connection: SwitchConnection) -> None:
     workers = by_key(connection.read_table("workers"), "job", "src_addr", "src_port")
     assert workers == {
         (job.job_id, 0x0A000001 + r, 9000 + r): {"worker_id": r, "num_workers": 2, "pool_base": job.pool.base,
-                                                  "pool_size": 4, "size": 1, "epoch": job.epoch, "port": r + 1}
+                                                  "pool_size": 4, "size": 1, "epoch": job.epoch, "port": r + 1,
+                                                  "key": job.workers[r].key}
         for r in range(2)
     }
     results = by_key(connection.read_table("results"), "job", "worker_id")
-    assert results[(job.job_id, 1)] == {"mac": 0x020000000002, "addr": 0x0A000002, "port": 9001}
+    assert results[(job.job_id, 1)] == {"mac": 0x020000000002, "addr": 0x0A000002, "port": 9001,
+                                        "key": job.workers[1].key}
     indices = [job.job_id * NUM_JOB_STATS + stat for stat in JobStat]
     assert connection.read_counter("job_stats", indices) == {i: (0, 0) for i in indices}  # no traffic yet
     manager.leave("rt", 0)

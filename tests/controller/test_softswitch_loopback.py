@@ -83,9 +83,10 @@ class Worker:
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
-    def send(self, tsi: int, slot: int, values: np.ndarray) -> None:
+    def send(self, tsi: int, slot: int, values: np.ndarray, key: int | None = None) -> None:
         assert self.join is not None
-        header = AggHeader(MsgType.UPDATE, size_for_lanes(self.join.lanes), self.join.job_id, tsi, slot, 0, 0, 0)
+        header = AggHeader(MsgType.UPDATE, size_for_lanes(self.join.lanes), self.join.job_id, tsi, slot, 0, 0, 0,
+                           key=self.join.key if key is None else key)
         self.sock.sendto(encode(header, values), (self.join.switch.addr, self.join.switch.port))
 
     def receive(self) -> tuple[AggHeader, np.ndarray]:
@@ -163,7 +164,7 @@ def aggregate(workers: list[Worker], tsis: range) -> None:
         for w in workers:
             header, got = w.receive()
             assert header.msg_type == MsgType.RESULT and header.tsi == tsi and header.slot == tsi % 8
-            assert header.job == w.join.job_id
+            assert header.job == w.join.job_id and header.key == w.join.key
             np.testing.assert_array_equal(got.astype(np.int64), expected)
 
 
@@ -201,6 +202,17 @@ def test_two_jobs_aggregate_and_stats_match(rig) -> None:
     assert client.stats()["jobs"]["b"]["state"] == "active"
 
 
+def test_an_update_without_the_workers_key_is_dropped(rig) -> None:
+    _, _, client = rig
+    workers = join_job(client, "keyed", 2, 32)
+    # Right source address and port, another worker's key (or none): the switch must not add it.
+    workers[0].send(0, 0, np.ones(32, dtype=np.int64), key=workers[1].join.key)
+    workers[0].send(0, 0, np.ones(32, dtype=np.int64), key=0)
+    poll(lambda: client.stats("keyed")["jobs"]["keyed"]["drops"]["bad_key"]["packets"] == 2, 10,
+         "both UPDATEs to be dropped as bad_key")
+    aggregate(workers, range(2))  # the round was never opened by them: the real contributions sum alone
+
+
 def test_switch_restart_is_reprogrammed_without_help(rig) -> None:
     switch, controller, client = rig
     workers = join_job(client, "survivor", 2, 64)
@@ -210,6 +222,7 @@ def test_switch_restart_is_reprogrammed_without_help(rig) -> None:
     switch.start()
     poll(lambda: controller.switch.ready_count > before and controller.switch.is_ready, 60,
          "the controller to re-program the restarted switch")
+    # The workers still use the keys of their join answer: the re-installed entries carry the same ones.
     aggregate(workers, range(2, 6))
     poll(lambda: client.stats("survivor")["jobs"]["survivor"]["completed"]["packets"] == 4, 10,
          "the restarted switch's counters")

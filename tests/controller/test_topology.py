@@ -44,13 +44,29 @@ def test_parse_defaults(make_topo) -> None:
         ("loss", [{"port": 1, "ingress": 2.0}], "not in"),
         ("pool", {"slots": POOL_SLOTS + 1}, "must be 1.."),
         ("pool", {"slots": 8, "default_job_slots": 9}, "default_job_slots"),
-        ("jobs", {"lease_seconds": 0}, "must be > 0"),
+        ("jobs", {"lease_seconds": 0}, "must be a finite number of seconds > 0"),
+        ("loss", [{"port": 1, "ingress": float("nan")}], "not in"),
+        ("loss", [{"port": 1, "egress": float("inf")}], "not in"),
         ("jobs", {"lease": 3}, "unknown key"),
     ],
 )
 def test_parse_rejects(make_topo, section: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_topo(**{section: value})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "0.0"])
+def test_a_lease_that_is_not_a_positive_finite_number_is_one_clear_line(tmp_path: Path, value: str) -> None:
+    # TOML has nan and inf; a NaN lease would make every "silent for longer than the lease" test false.
+    config = tmp_path / "c.toml"
+    text = (EXAMPLES / "topology.toml").read_text()
+    assert "\nlease_seconds = 30 " in text
+    config.write_text(text.replace("\nlease_seconds = 30 ", f"\nlease_seconds = {value} "))
+    with pytest.raises(ConfigError) as info:
+        load_topology(config)
+    message = str(info.value)
+    assert "\n" not in message and "[jobs] lease_seconds" in message
+    assert "must be a finite number of seconds > 0" in message
 
 
 def test_udp_mode_needs_no_macs_and_pins_hosts() -> None:
