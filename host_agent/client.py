@@ -15,6 +15,9 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 
+import numpy as np
+
+from netagg.host_agent.collective import DEFAULT_NAME, ENCODING_ABORT, Collective, dtype_name, label
 from netagg.host_agent.errors import (
     AgentBrokenError,
     AgentClosedError,
@@ -23,12 +26,13 @@ from netagg.host_agent.errors import (
     AllReduceTimeout,
     JobLostError,
     JoinError,
+    StreamDivergedError,
 )
 from netagg.host_agent.heartbeat import Heartbeat
 from netagg.host_agent.netinfo import mac_for_address
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JobApi, JoinResult
-from netagg.host_agent.staging import stage
+from netagg.host_agent.staging import Staged, exact_staged, stage
 from netagg.host_agent.timers import RtoConfig
 from netagg.host_agent.transport import Transport, TransportConfig, TransportStats
 
@@ -160,30 +164,86 @@ class AllReduceClient:
 
     # --- all-reduce ----------------------------------------------------------------------------------------
 
-    def allreduce_async(self, x: Any, *, inplace: bool = True) -> Future[Any]:
+    def allreduce_async(
+        self, x: Any, *, inplace: bool = True, descriptor: Collective | None = None
+    ) -> Future[Any]:
         """Queue the sum of ``x`` over all workers; the future's value is ``x`` (in place) or a new tensor.
 
-        Every worker must issue the same all-reduces (same sizes and dtypes) in the same order. ``x`` must not be
-        touched until the future is done. Bad input raises AgentInputError here, before anything is sent.
+        Every worker must issue the same all-reduces (same sizes and dtypes) in the same order; one that does not
+        makes the all-reduce fail on every rank (CollectiveMismatchError). ``descriptor`` names the collective for
+        that check (a framework's own sequence number, e.g. over all of a group's collectives); by default the
+        client's count of all-reduces. ``x`` must not be touched until the future is done.
+
+        Bad input raises AgentInputError here. The all-reduce still takes its place in the stream: this rank sends
+        an ABORT there, so the other ranks fail it too (CollectiveAbortedError) instead of waiting for it or
+        adding the next all-reduce's data to it.
         """
         self._check_open()
-        staged, target = stage(
-            x, lanes=self.session.lanes, num_workers=self.session.world_size, inplace=inplace
-        )
+        error: AgentInputError | None = None
+        try:
+            staged, target = stage(x, lanes=self.session.lanes, inplace=inplace)
+            if descriptor is not None:
+                self._check_descriptor(descriptor, staged)
+        except AgentInputError as exc:
+            error = exc
         with self._submit_lock:
             self._check_open()
-            op = Operation(next(self._indices), staged, target, self.session.world_size)
+            index = next(self._indices)
+            if error is None:
+                op = Operation(index, staged, target, self.session.world_size,
+                               self._descriptor(index, descriptor, staged))  # fmt: skip
+            else:
+                op = self._abort_operation(index, descriptor, x, error)
             op.future.set_running_or_notify_cancel()  # the stream cannot skip an operation: no cancelling
             self._transport.submit(op)
+        if error is not None:
+            others = (
+                ": the other ranks fail it too, and the job cannot continue unless every rank gave up on it"
+                if self.session.world_size > 1
+                else ""
+            )
+            raise AgentInputError(
+                f"{error} (rank {self.session.rank} of job {self.session.job!r} gave up on "
+                f"{label(index, op.descriptor)}{others})",
+                op_index=index,
+            ) from error
         return op.future
 
-    def allreduce(self, x: Any, *, inplace: bool = True) -> Any:
+    @staticmethod
+    def _descriptor(index: int, given: Collective | None, staged: Staged) -> Collective:
+        """The collective's descriptor: the caller's, or the client's count; the agent adds the encoding."""
+        if given is None:
+            return Collective(DEFAULT_NAME, index, staged.count, staged.dtype, staged.encoding)
+        return Collective(given.name, given.seq, given.count, given.dtype, staged.encoding)
+
+    @staticmethod
+    def _check_descriptor(given: Collective, staged: Staged) -> None:
+        if given.count != staged.count or given.dtype != staged.dtype:
+            raise AgentInputError(
+                f"the descriptor of {given.name} #{given.seq} says {given.count} {given.dtype} elements, the tensor "
+                f"has {staged.count} {staged.dtype} elements"
+            )
+
+    def _abort_operation(
+        self, index: int, given: Collective | None, x: Any, error: AgentInputError
+    ) -> Operation:
+        """One all-zero chunk flagged ABORT at the place of an all-reduce this rank gave up on."""
+        if given is not None:
+            descriptor = Collective(given.name, given.seq, given.count, given.dtype, ENCODING_ABORT)
+        else:
+            count, dtype = _what_it_was(x)
+            descriptor = Collective(DEFAULT_NAME, index, count, dtype, ENCODING_ABORT)
+        lanes = self.session.lanes
+        staged = exact_staged(np.zeros((1, lanes), np.int32), 0, "")
+        return Operation(index, staged, None, self.session.world_size, descriptor, abort_error=error)
+
+    def allreduce(self, x: Any, *, inplace: bool = True, descriptor: Collective | None = None) -> Any:
         """Blocking ``allreduce_async``; raises the operation's error (e.g. AllReduceTimeout)."""
         if self._on_completion_thread():
             raise AgentError(
                 "blocking allreduce() inside a completion callback would wait for itself; use allreduce_async()"
             )
-        future = self.allreduce_async(x, inplace=inplace)
+        future = self.allreduce_async(x, inplace=inplace, descriptor=descriptor)
         # The transport resolves every future by its deadline; the bound here only guards against a bug.
         return future.result(timeout=self._transport.config.deadline * 4 + 60)
 
@@ -240,7 +300,7 @@ class AllReduceClient:
             self._broken = error
         for op in ops:
             if isinstance(error, AgentClosedError) or (
-                isinstance(error, AllReduceTimeout) and error.op_index == op.index
+                isinstance(error, (AllReduceTimeout, StreamDivergedError)) and error.op_index == op.index
             ):
                 exc: BaseException = error
             else:
@@ -275,6 +335,15 @@ class AllReduceClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _what_it_was(x: Any) -> tuple[int | None, str | None]:
+    """Element count and dtype of an input that could not be staged, where it has them (for error messages)."""
+    try:
+        count = int(x.numel()) if callable(getattr(x, "numel", None)) else int(x.size)
+        return count, dtype_name(x.dtype)
+    except (AttributeError, TypeError, ValueError):
+        return None, None
 
 
 def _leave_quietly(controller: JobApi, job: str, rank: int) -> None:

@@ -8,11 +8,18 @@
 * ``JoinError``: the controller refused or could not be reached when joining.
 * ``JobLostError``: the controller dropped the job while the client was joined (e.g. heartbeats stopped reaching
   it for a whole lease); the client is broken afterwards, as after a timeout.
+* ``CollectiveMismatchError``: the ranks did not issue the same collective at the same point of the stream (the
+  switch flagged the round MISMATCH); fix the program so every rank issues the same all-reduces in the same order.
+* ``CollectiveAbortedError``: a rank gave up on the collective (a local error there, such as bad input); its own
+  error says why. After either, as after a timeout, the client is broken: every later operation fails with
+  ``AgentBrokenError``, on every rank, instead of adding chunks of different collectives together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from netagg.host_agent.collective import Collective, label
 
 
 class AgentError(Exception):
@@ -20,7 +27,15 @@ class AgentError(Exception):
 
 
 class AgentInputError(AgentError, ValueError):
-    """A tensor or option the agent cannot use; the message names the setting involved."""
+    """A tensor or option the agent cannot use; the message names the setting involved.
+
+    ``op_index`` is set when the error belongs to an all-reduce that took its place in the job's stream (the
+    other ranks will run it): this rank then sent an ABORT for it, so the other ranks fail it too.
+    """
+
+    def __init__(self, message: str, *, op_index: int | None = None) -> None:
+        super().__init__(message)
+        self.op_index = op_index
 
 
 class JoinError(AgentError):
@@ -41,8 +56,97 @@ class AgentBrokenError(AgentClosedError):
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
         super().__init__(
-            f"the all-reduce stream failed earlier and cannot continue (leave and join again): {cause}"
+            "this client's job is unusable: an earlier all-reduce failed and the ranks' streams can no longer be "
+            f"kept in step (leave and join again on every rank): {cause}"
         )
+
+
+class StreamDivergedError(AgentError):
+    """The ranks' streams diverged at one collective: every rank fails it, and the client is broken afterwards.
+
+    ``op_index`` is the client's all-reduce the failure was seen on, ``descriptor`` its ``Collective``; ``active``
+    lists this rank's unfinished all-reduces at that moment (index, descriptor), oldest first, so a framework shim
+    can compare them with the other ranks' and name both sides.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job: str,
+        rank: int,
+        op_index: int,
+        descriptor: Collective,
+        active: Sequence[tuple[int, Collective]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.job = job
+        self.rank = rank
+        self.op_index = op_index
+        self.descriptor = descriptor
+        self.active = tuple(active)
+
+
+_REJOIN = "The job's stream cannot continue: leave and join again on every rank."
+
+
+class CollectiveMismatchError(StreamDivergedError):
+    """The ranks did not issue the same collective at the same point of the stream (the switch said MISMATCH)."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        job_id: int,
+        rank: int,
+        op_index: int,
+        descriptor: Collective,
+        theirs: str,
+        active: Sequence[tuple[int, Collective]] = (),
+    ) -> None:
+        super().__init__(
+            f"{label(op_index, descriptor)} of job {job!r} (id {job_id}) on rank {rank}: the ranks did not issue the "
+            f"same collective at this point of the stream: this rank has {descriptor.shape_text()} (op "
+            f"{descriptor.op_id:#010x}); the round's first contribution carried {theirs}. Every rank must issue the "
+            f"same all-reduces (element count, dtype) in the same order. {_REJOIN}",
+            job=job,
+            rank=rank,
+            op_index=op_index,
+            descriptor=descriptor,
+            active=active,
+        )
+
+
+class CollectiveAbortedError(StreamDivergedError):
+    """A rank gave up on a collective (a local error there) while others ran it; every rank fails it.
+
+    ``local_error`` is set on the rank that gave up (its own error's text), None on the others.
+    """
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        job_id: int,
+        rank: int,
+        op_index: int,
+        descriptor: Collective,
+        local_error: str | None = None,
+        active: Sequence[tuple[int, Collective]] = (),
+    ) -> None:
+        self.local_error = local_error
+        if local_error is None:
+            text = (
+                f"{label(op_index, descriptor)} of job {job!r} (id {job_id}) on rank {rank} failed: another rank "
+                f"gave up on it (a local error there, such as bad input; that rank's error says why); this rank has "
+                f"{descriptor.shape_text()}. {_REJOIN}"
+            )
+        else:
+            text = (
+                f"rank {rank} of job {job!r} (id {job_id}) gave up on {label(op_index, descriptor)} ({local_error}) "
+                f"while other ranks ran it. {_REJOIN}"
+            )
+        super().__init__(text, job=job, rank=rank, op_index=op_index, descriptor=descriptor, active=active)
 
 
 class AllReduceTimeout(AgentError, TimeoutError):

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from netagg.host_agent import quantize as q
-from netagg.host_agent.staging import Staged, Target
+from netagg.host_agent.collective import Collective
+from netagg.host_agent.staging import Staged, Target, join_int32
 from netagg.wire import LANE_DTYPE
 
 
@@ -18,13 +19,29 @@ class Operation:
 
     The transport thread writes ``sums`` (through ``sum_bytes``), ``used_exps`` and ``result_nonfinite`` row by
     row (one row per RESULT); ``finish`` runs once every row has arrived, on the completion thread.
+
+    An *abort* operation stands in for an all-reduce this rank gave up on (a local error): one all-zero chunk at
+    the all-reduce's place in the stream, flagged ABORT, so the other ranks fail that all-reduce within a round
+    trip instead of waiting for chunks that never come. Its future is internal; nobody gets its value.
     """
 
-    def __init__(self, index: int, staged: Staged, target: Target, num_workers: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        staged: Staged,
+        target: Target | None,
+        num_workers: int,
+        descriptor: Collective,
+        *,
+        abort_error: BaseException | None = None,
+    ) -> None:
         self.index = index  # position in the job's sequence of all-reduces on this client
         self.staged = staged
         self.target = target
         self.num_workers = num_workers
+        self.descriptor = descriptor
+        self.op_id = descriptor.op_id  # the ``op`` field of every UPDATE of this operation
+        self.abort_error = abort_error  # set for an abort operation: the local error it stands for
         m, lanes = staged.blocks.shape
         self.first_chunk = -1  # global data-chunk index of row 0, assigned by the transport thread
         # Summed lanes as they came on the wire (big-endian): the transport thread copies each RESULT's payload
@@ -52,10 +69,16 @@ class Operation:
     def finish(self) -> Any:
         """Dequantize the sums and hand them to the caller's target; returns the all-reduce's value."""
         staged = self.staged
+        if self.target is None:  # an abort operation: every rank gave up on it, there is no value
+            return None
         if staged.exact:
-            flat = self.sums.reshape(-1)[: staged.count].astype(np.int32)  # native byte order for the caller
+            flat = join_int32(self.sums.reshape(-1), staged.count)
         else:
             out = staged.blocks  # no longer needed: every row has been quantized and sent
             q.dequantize(self.sums, self.used_exps, self.num_workers, self.result_nonfinite, out=out)
             flat = out.reshape(-1)[: staged.count]
         return self.target.deliver(flat)
+
+    @property
+    def abort(self) -> bool:
+        return self.abort_error is not None

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from netagg.constants import AGG_UDP_PORT, MAX_WORKERS, POOL_SLOTS
 from netagg.host_agent.errors import JoinError
-from netagg.wire import size_for_lanes
+from netagg.wire import U32_MAX, size_for_lanes
 
 _MISSING: Any = object()
 
@@ -40,6 +40,10 @@ class JoinResult:
     switch: SwitchEndpoint
     rank: int = 0
     lease_seconds: float | None = None  # the controller drops a worker whose heartbeats stop for this long
+    # The worker's data-plane key: every UPDATE carries it (the switch drops one with another key) and every RESULT
+    # for this worker carries it back (the agent ignores one with another key). 0 only for hand-built admissions
+    # whose switch tables say 0 too; from_answer requires the controller's.
+    key: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.job_id <= 0xFF:
@@ -48,6 +52,8 @@ class JoinResult:
             raise JoinError(f"world size {self.world_size} of job {self.job!r} is not in 1..{MAX_WORKERS}")
         if not 0 <= self.worker_id < self.world_size:
             raise JoinError(f"worker id {self.worker_id} is outside world size {self.world_size}")
+        if not 0 <= self.key <= U32_MAX:
+            raise JoinError(f"key of job {self.job!r} rank {self.rank} does not fit in 32 bits")
         if not 1 <= self.slots <= POOL_SLOTS:
             raise JoinError(f"granted {self.slots} slots to job {self.job!r}; expected 1..{POOL_SLOTS}")
         size_for_lanes(self.lanes)  # raises WireError for a lane count the wire cannot carry
@@ -87,10 +93,12 @@ class JoinResult:
                 ),
                 rank=rank,
                 lease_seconds=None if lease is None else float(lease),
+                key=int(get(answer, "key")),
             )
         except (KeyError, TypeError, ValueError) as exc:
+            hint = " (a controller older than wire format v2 sends no key)" if str(exc) == "'key'" else ""
             raise JoinError(
-                f"the controller's join answer for job {job!r} rank {rank} is malformed: {exc!r}"
+                f"the controller's join answer for job {job!r} rank {rank} is malformed: {exc!r}{hint}"
             ) from exc
 
 

@@ -3,6 +3,11 @@
 The caller's memory is only read when an operation is submitted and only written when it completes, never from
 the transport thread. torch tensors are copied with torch ops (``copy_``) into a torch view of the agent's numpy
 buffer, so the caller's tensor is never exposed through ``.numpy()`` and any layout or dtype torch supports works.
+
+int32 travels as two lanes per element, the low 16 bits (unsigned) and the high 16 bits (signed), so that an n-way
+sum of either lane fits an int32 lane for any values (n <= 32: at most 32 * 65535 < 2**21). The sum is put back
+together in int64 and wrapped to int32, which is what int32 addition in torch or gloo gives. Every rank decides the
+same way whatever its values, so no rank can refuse a sum the others go on with.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from netagg.host_agent import quantize as q
+from netagg.host_agent.collective import ENCODING_BFP, ENCODING_INT32X2, dtype_name
 from netagg.host_agent.errors import AgentInputError
 
 #: numpy dtypes summed through float32 staging (quantized), and the exact integer path.
@@ -25,15 +31,20 @@ _NUMPY_INT = np.dtype(np.int32)
 class Staged:
     """One tensor laid out as ``m`` blocks of ``lanes`` values (the last one zero-padded)."""
 
-    exact: bool  # int32: lanes are the values themselves (no scaling, exponent 0)
-    blocks: np.ndarray  # (m, lanes) float32, or int32 when exact
+    exact: bool  # int32: two lanes per element, summed exactly (no scaling, exponent 0)
+    blocks: np.ndarray  # (m, lanes) float32, or int32 lanes (low, high, low, high, ...) when exact
     exps: np.ndarray  # (m,) int8: this worker's block exponents (0 when exact)
     nonfinite: np.ndarray  # (m,) bool
     count: int  # number of real elements
+    dtype: str = ""  # the caller's dtype, as every rank names it ('float32' for numpy's and torch's alike)
 
     @property
     def num_blocks(self) -> int:
         return self.blocks.shape[0]
+
+    @property
+    def encoding(self) -> str:
+        return ENCODING_INT32X2 if self.exact else ENCODING_BFP
 
 
 class Target:
@@ -83,28 +94,43 @@ def _is_torch(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def stage(x: Any, *, lanes: int, num_workers: int, inplace: bool) -> tuple[Staged, Target]:
+def stage(x: Any, *, lanes: int, inplace: bool) -> tuple[Staged, Target]:
     """Copy ``x`` (numpy array or torch CPU tensor) into fresh block buffers; raises AgentInputError if unusable."""
     if _is_torch(x):
-        return _stage_torch(x, lanes, num_workers, inplace)
+        return _stage_torch(x, lanes, inplace)
     if isinstance(x, np.ndarray):
-        return _stage_numpy(x, lanes, num_workers, inplace)
+        return _stage_numpy(x, lanes, inplace)
     raise AgentInputError(f"all-reduce takes a numpy array or a torch CPU tensor, got {type(x).__name__}")
 
 
-def _finish(blocks: np.ndarray, count: int, exact: bool, num_workers: int) -> Staged:
+def split_int32(values: np.ndarray, lanes: int) -> np.ndarray:
+    """int32 values -> (m, lanes) int32 blocks of (low 16 bits unsigned, high 16 bits signed) lane pairs."""
+    count = values.size
+    blocks = _alloc(2 * count, lanes, np.dtype(np.int32))
+    flat = blocks.reshape(-1)
+    np.bitwise_and(values, 0xFFFF, out=flat[0 : 2 * count : 2])
+    np.right_shift(values, 16, out=flat[1 : 2 * count : 2])  # arithmetic: the high half keeps the sign
+    return blocks
+
+
+def join_int32(lanes: np.ndarray, count: int) -> np.ndarray:
+    """Summed lane pairs (any integer dtype, flat) -> the int32 sums, wrapped as int32 addition wraps."""
+    low = lanes[0 : 2 * count : 2].astype(np.int64)
+    high = lanes[1 : 2 * count : 2].astype(np.int64)
+    return (high * 65536 + low).astype(np.int32)  # the int64 -> int32 cast keeps the low 32 bits
+
+
+def exact_staged(blocks: np.ndarray, count: int, dtype: str) -> Staged:
     m = blocks.shape[0]
-    if exact:
-        try:
-            q.check_int32_exact(blocks, num_workers)
-        except q.QuantizationError as exc:
-            raise AgentInputError(str(exc)) from exc
-        return Staged(True, blocks, np.zeros(m, np.int8), np.zeros(m, bool), count)
+    return Staged(True, blocks, np.zeros(m, np.int8), np.zeros(m, bool), count, dtype)
+
+
+def _float_staged(blocks: np.ndarray, count: int, dtype: str) -> Staged:
     exps, nonfinite = q.block_exponents(blocks)
-    return Staged(False, blocks, exps, nonfinite, count)
+    return Staged(False, blocks, exps, nonfinite, count, dtype)
 
 
-def _stage_numpy(x: np.ndarray, lanes: int, num_workers: int, inplace: bool) -> tuple[Staged, Target]:
+def _stage_numpy(x: np.ndarray, lanes: int, inplace: bool) -> tuple[Staged, Target]:
     if x.dtype == _NUMPY_INT:
         exact = True
     elif x.dtype in _NUMPY_FLOAT:
@@ -116,12 +142,15 @@ def _stage_numpy(x: np.ndarray, lanes: int, num_workers: int, inplace: bool) -> 
         )
     if inplace and not x.flags.writeable:
         raise AgentInputError("in-place all-reduce of a read-only numpy array (pass inplace=False)")
-    blocks = _alloc(x.size, lanes, np.dtype(np.int32 if exact else np.float32))
+    dtype = dtype_name(x.dtype)
+    if exact:
+        return exact_staged(split_int32(x.reshape(-1), lanes), x.size, dtype), _NumpyTarget(x, inplace)
+    blocks = _alloc(x.size, lanes, np.dtype(np.float32))
     blocks.reshape(-1)[: x.size] = x.reshape(-1)  # casts float16/float64 into the float32 staging
-    return _finish(blocks, x.size, exact, num_workers), _NumpyTarget(x, inplace)
+    return _float_staged(blocks, x.size, dtype), _NumpyTarget(x, inplace)
 
 
-def _stage_torch(x: Any, lanes: int, num_workers: int, inplace: bool) -> tuple[Staged, Target]:
+def _stage_torch(x: Any, lanes: int, inplace: bool) -> tuple[Staged, Target]:
     import torch
 
     if x.device.type != "cpu":
@@ -140,7 +169,13 @@ def _stage_torch(x: Any, lanes: int, num_workers: int, inplace: bool) -> tuple[S
             "in-place all-reduce of a leaf tensor that requires grad (use its .grad or detach)"
         )
     count = x.numel()
-    blocks = _alloc(count, lanes, np.dtype(np.int32 if exact else np.float32))
+    dtype = dtype_name(x.dtype)
+    if exact:
+        values = np.empty(count, np.int32)
+        with torch.no_grad():
+            torch.from_numpy(values).copy_(x.detach().reshape(-1))
+        return exact_staged(split_int32(values, lanes), count, dtype), _TorchTarget(x, inplace)
+    blocks = _alloc(count, lanes, np.dtype(np.float32))
     with torch.no_grad():
         torch.from_numpy(blocks).view(-1)[:count].copy_(x.detach().reshape(-1))
-    return _finish(blocks, count, exact, num_workers), _TorchTarget(x, inplace)
+    return _float_staged(blocks, count, dtype), _TorchTarget(x, inplace)

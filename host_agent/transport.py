@@ -11,6 +11,11 @@ When a worker does not know its next chunk yet (the next all-reduce is not queue
 (the largest int8). The max makes every worker see it, so all of them agree, without any extra message, that
 the slot's next round is a warm-up. A real exponent equal to ``EXP_UNKNOWN`` costs one extra warm-up round and
 nothing else. A warm-up round is always followed by a data round.
+
+Every UPDATE carries the worker's key and the ``op`` id of the collective its chunk belongs to (collective.py);
+a RESULT must carry the worker's key back. A RESULT flagged MISMATCH (the ranks' collectives at this point of the
+stream differ) or ABORT (a rank gave up on the collective) fails the collective and stops the transport: the
+ranks no longer agree on the stream, and continuing could only add chunks of different collectives together.
 """
 
 from __future__ import annotations
@@ -27,12 +32,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
 from netagg.constants import FLAGS_DEFINED, Flag, MsgType
 from netagg.host_agent import quantize as q
-from netagg.host_agent.errors import AgentBrokenError, AgentClosedError, AllReduceTimeout, JobLostError
+from netagg.host_agent.collective import RecentOps
+from netagg.host_agent.errors import (
+    AgentBrokenError,
+    AgentClosedError,
+    AllReduceTimeout,
+    CollectiveAbortedError,
+    CollectiveMismatchError,
+    JobLostError,
+    StreamDivergedError,
+)
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JoinResult
 from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
@@ -55,6 +70,11 @@ EXP_UNKNOWN = EXP_MAX
 
 _TSI_MASK = 0xFFFFFFFF
 _NONFINITE = int(Flag.NONFINITE)
+_ABORT = int(Flag.ABORT)
+_MISMATCH = int(Flag.MISMATCH)
+_DIVERGED = _ABORT | _MISMATCH
+#: Unfinished all-reduces listed in a divergence error (what a framework shim compares across ranks).
+_ACTIVE_SHOWN = 16
 _UNDEFINED_FLAGS = ~FLAGS_DEFINED & 0xFF
 _HEADER = header_struct()
 
@@ -99,6 +119,7 @@ class TransportStats:
     results: int = 0
     duplicate_results: int = 0  # valid RESULTs for a round already finished (or not ours)
     malformed: int = 0  # datagrams that are not a RESULT of this job with our size
+    forged: int = 0  # RESULTs of this job whose key is not ours (the switch puts each worker's own key in)
     # Datagrams from an address other than the switch's that were queued before the socket was connected to
     # the switch; afterwards the kernel drops them (and answers ICMP port unreachable) before they reach us.
     foreign: int = 0
@@ -141,6 +162,7 @@ class Transport:
         self._update_b0 = header_byte0(MsgType.UPDATE, self._size)
         self._result_b0 = header_byte0(MsgType.RESULT, self._size)
         self._job_id = session.job_id
+        self._key = session.key
         self._shared_exp = [0] * w
         self._queue: list[deque[list]] = [deque() for _ in range(w)]  # entries [op, row]: chunks for the slot
         self._out_op: list[Operation | None] = [None] * w
@@ -158,7 +180,7 @@ class Transport:
         for s, pkt in enumerate(self._pkt):
             # Validates the fields that never change (size, job, slot) once; per packet only the Struct packs.
             pack_header(pkt, 0, msg_type=MsgType.UPDATE, size=self._size, job=self._job_id, tsi=s, slot=s, set=0,
-                        exp=0)  # fmt: skip
+                        exp=0, key=self._key)  # fmt: skip
         self._pending: set[int] = set()  # slots that may be able to send
         self._timers = DeadlineHeap()
         self._armed: list[tuple[int, int]] = []  # (slot, generation) first sent in this pass: one timer entry
@@ -171,6 +193,7 @@ class Transport:
 
         self._next_chunk = 0  # global index of the next submitted chunk
         self._active: dict[int, Operation] = {}  # submitted, not completed, by operation index
+        self._recent = RecentOps()  # op id -> descriptor of recent operations, to name a MISMATCH's other side
         self._submissions: queue.SimpleQueue[Operation] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _closed_error against submit()
         self._closed_error: BaseException | None = None
@@ -240,7 +263,7 @@ class Transport:
         error: BaseException | None = None
         try:
             self._loop()
-        except (AllReduceTimeout, JobLostError) as exc:
+        except (AllReduceTimeout, JobLostError, StreamDivergedError) as exc:
             log.error("%s", exc)
             error = exc
         except BaseException as exc:
@@ -298,6 +321,7 @@ class Transport:
             self._on_complete(op)
             return
         self._active[op.index] = op
+        self._recent.add(op.op_id, op.index, op.descriptor)
         for s in range(min(w, m)):
             slot = (op.first_chunk + s) % w
             self._queue[slot].append([op, s])
@@ -330,11 +354,12 @@ class Transport:
         """Whether the ``n`` bytes in the receive buffer are a RESULT of this job, size and window."""
         if n != self._msg_len:
             return False
-        b0, job, _, pool, _, flags = _HEADER.unpack_from(self._rbuf)
+        b0, job, _, pool, _, flags, key, _ = _HEADER.unpack_from(self._rbuf)
         return (
             b0 == self._result_b0
             and job == self._job_id
             and not flags & _UNDEFINED_FLAGS
+            and key == self._key
             and (pool & SLOT_MAX) < self._w
         )
 
@@ -343,7 +368,7 @@ class Transport:
         # The checks of _well_formed and the bookkeeping of a finished round, inlined: this runs once per packet.
         recv_into, rbuf, msg_len, stats = self._recv_into, self._rbuf, self._msg_len, self.stats
         unpack = _HEADER.unpack_from
-        result_b0, job_id, w = self._result_b0, self._job_id, self._w
+        result_b0, job_id, key_ours, w = self._result_b0, self._job_id, self._key, self._w
         phases, tsis, pools, attempts = self._phase, self._tsi, self._pool, self._attempts
         rounds, slot_pools, generation, pending = self._round, self._pools, self._generation, self._pending
         out_op, out_row, shared_exp, queues = self._out_op, self._out_row, self._shared_exp, self._queue
@@ -363,10 +388,13 @@ class Transport:
                 if n != msg_len:
                     stats.malformed += 1
                     continue
-                b0, job, tsi, pool, exp, flags = unpack(rbuf)
-                # b0 holds msg_type, the reserved bit and the size code: one comparison checks all three.
+                b0, job, tsi, pool, exp, flags, key, op_id = unpack(rbuf)
+                # b0 holds version, msg_type, the reserved bit and the size code: one comparison checks them all.
                 if b0 != result_b0 or job != job_id or flags & _UNDEFINED_FLAGS:
                     stats.malformed += 1
+                    continue
+                if key != key_ours:
+                    stats.forged += 1
                     continue
                 s = pool & SLOT_MAX
                 if s >= w:
@@ -376,6 +404,11 @@ class Transport:
                 if phase < _WARMUP_OUT or tsi != tsis[s] or pool != pools[s]:  # pool also holds the set bit
                     stats.duplicate_results += 1
                     continue
+                # The collective whose chunk (data round) or announced chunk (warm-up) this round carried.
+                ours = out_op[s] if phase == _DATA_OUT else queues[s][0][0]
+                assert ours is not None
+                if flags & _DIVERGED or op_id != ours.op_id:
+                    self._check_diverged(ours, flags, op_id)  # raises unless every rank gave up on it alike
                 # The round is complete.
                 accepted += 1
                 if not now:
@@ -393,8 +426,7 @@ class Transport:
                 tsis[s] = (j * w + s) & _TSI_MASK
                 pools[s] = slot_pools[s][j & 1]
                 if phase == _DATA_OUT:
-                    op = out_op[s]
-                    assert op is not None
+                    op = ours
                     row = out_row[s]
                     out_op[s] = None
                     op.sum_bytes[row * nb : (row + 1) * nb] = payload  # wire bytes; finish() byte-swaps
@@ -429,6 +461,38 @@ class Transport:
             "same all-reduces?)"
         )
 
+    def _check_diverged(self, ours: Operation, flags: int, op_id: int) -> None:
+        """Raise the error for a RESULT whose round mixed collectives or was given up on, or return if harmless.
+
+        Harmless: ABORT without MISMATCH on this rank's own abort operation. Every contribution then carried the
+        same op, this rank's abort op, so every rank gave up on this collective at the same point (each raised
+        its own error) and the streams still agree.
+        """
+        if flags & _ABORT and not flags & _MISMATCH and ours.abort and op_id == ours.op_id:
+            return
+        # If this rank gave up on an earlier collective that is still unfinished, that is where the streams
+        # parted (its ABORT RESULT may simply not be here yet, e.g. lost): report it, not the later collective.
+        ours = next((op for op in self._active.values() if op.abort and op.index < ours.index), ours)
+        session = self.session
+        active = [(op.index, op.descriptor) for op in islice(self._active.values(), _ACTIVE_SHOWN)]
+        common = {
+            "job": session.job,
+            "job_id": session.job_id,
+            "rank": session.rank,
+            "op_index": ours.index,
+            "descriptor": ours.descriptor,
+            "active": active,
+        }
+        if ours.abort:
+            raise CollectiveAbortedError(local_error=str(ours.abort_error), **common)
+        if flags & _ABORT:
+            raise CollectiveAbortedError(**common)
+        if op_id == ours.op_id:
+            theirs = f"this rank's op {op_id:#010x} too, so another rank's contribution differed"
+        else:
+            theirs = self._recent.describe(op_id)
+        raise CollectiveMismatchError(theirs=theirs, **common)
+
     # --- send ----------------------------------------------------------------------------------------------
 
     def _announce(self, s: int) -> int:
@@ -460,7 +524,8 @@ class Transport:
     def _send_warmup(self, s: int, now: float) -> None:
         op = self._queue[s][0][0]
         self._pkt_lanes[s].fill(0)
-        self._pack(s, self._announce(s), 0)
+        # The warm-up belongs to the collective of the chunk it announces: it carries that op (and its ABORT).
+        self._pack(s, self._announce(s), _ABORT if op.abort else 0, op.op_id)
         self._phase[s] = _WARMUP_OUT
         if op.started_at is None:
             op.started_at = op.progress_at = now
@@ -493,6 +558,7 @@ class Transport:
         wire = memoryview(np.ascontiguousarray(payload, dtype=LANE_DTYPE).view(np.uint8).reshape(-1))
         nb = self._payload_bytes
         nonfinite = op.block_nonfinite
+        op_id, key, base_flags = op.op_id, self._key, _ABORT if op.abort else 0
         pkts, pkt_payload, phases = self._pkt, self._pkt_payload, self._phase
         out_op, out_row, w, b0, job_id = self._out_op, self._out_row, self._w, self._update_b0, self._job_id
         tsis, pools, pack_into = self._tsi, self._pool, _HEADER.pack_into
@@ -517,7 +583,8 @@ class Transport:
                 exp = nxt.block_exps[nxt_row]
             else:
                 exp = EXP_UNKNOWN
-            pack_into(pkts[s], 0, b0, job_id, tsis[s], pools[s], exp, _NONFINITE if nonfinite[row] else 0)
+            flags = (base_flags | _NONFINITE) if nonfinite[row] else base_flags
+            pack_into(pkts[s], 0, b0, job_id, tsis[s], pools[s], exp, flags, key, op_id)
             phases[s] = _DATA_OUT
             attempts[s] = 0
             sent_at[s] = last_tx[s] = now
@@ -535,9 +602,11 @@ class Transport:
         self.stats.updates_sent += sent
         self.stats.bytes_sent += sent * self._msg_len
 
-    def _pack(self, s: int, exp: int, flags: int) -> None:
+    def _pack(self, s: int, exp: int, flags: int, op_id: int) -> None:
         """Write the header of the slot's current round (its constant fields were validated at start)."""
-        _HEADER.pack_into(self._pkt[s], 0, self._update_b0, self._job_id, self._tsi[s], self._pool[s], exp, flags)
+        _HEADER.pack_into(
+            self._pkt[s], 0, self._update_b0, self._job_id, self._tsi[s], self._pool[s], exp, flags, self._key, op_id
+        )
 
     def _first_send(self, s: int, now: float) -> None:
         """Send the slot's round for the first time; _send_pending arms the timers of the whole pass."""

@@ -23,7 +23,8 @@ def reference_result(
     count = size_bytes // 4
     inputs = [rank_data(seed, rank, count, dtype, world_size) for rank in range(world_size)]
     if dtype == "int32":
-        # Integer lanes travel as they are: the result is the wrapping int32 sum.
+        # Integer lanes travel as pairs of 16-bit halves and are put back together: the result is the wrapping
+        # int32 sum (as gloo's).
         return np.sum(np.stack(inputs).astype(np.int64), axis=0).astype(np.int32)
     blocks_count = -(-count // lanes)
     blocks = np.zeros((world_size, blocks_count * lanes), np.float32)

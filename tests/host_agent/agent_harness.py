@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +37,14 @@ def job(
         finally:
             for client in clients:
                 client.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    limit = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < limit, f"{what} did not happen within {timeout} s"
+        time.sleep(0.002)
 
 
 def run_ranks(clients: Sequence[AllReduceClient], body: Callable[[int, AllReduceClient], Any]) -> list[Any]:

@@ -1,9 +1,12 @@
 """A small in-process aggregation switch for host agent tests: docs/protocol.md's UPDATE semantics for one job.
 
-It speaks the wire format over a UDP socket on 127.0.0.1 (UPDATEs in, RESULTs out to each worker's registered
-address) and can impair traffic both ways, seeded: loss, duplication and reordering (a held packet is released
-after the next one, or after ``hold_timeout``). ``hold()``/``release()`` pause processing, so tests can queue work
-on every worker before the first RESULT exists.
+It speaks wire format v2 over a UDP socket on 127.0.0.1 (UPDATEs in, RESULTs out to each worker's registered
+address): each worker has a key (UPDATEs with another key are dropped, each RESULT carries its receiver's key), a
+round keeps its first contribution's ``op`` and is flagged MISMATCH when another contribution's differs, flags
+(ABORT included) are ORed, and a complete copy opens a new round only for a newer tsi in serial-number order.
+It can impair traffic both ways, seeded: loss, duplication and reordering (a held packet is released after the next
+one, or after ``hold_timeout``). ``hold()``/``release()`` pause processing, so tests can queue work on every worker
+before the first RESULT exists.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import Any, Self
 
 import numpy as np
 
-from netagg.constants import MsgType
+from netagg.constants import Flag, MsgType
 from netagg.host_agent.session import JoinResult, SwitchEndpoint
-from netagg.wire import HEADER_BYTES, LANE_DTYPE, WireError, decode, pack_header, size_for_lanes
+from netagg.wire import HEADER_BYTES, LANE_DTYPE, WireError, decode, pack_header, size_for_lanes, tsi_newer
 
 
 @dataclass
@@ -40,6 +43,7 @@ class _Copy:
     tsi: int = 0
     exp: int = 0
     flags: int = 0
+    op: int = 0
     lanes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
@@ -73,6 +77,8 @@ class FakeSwitch:
         self.counters: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._workers: dict[tuple[str, int], int] = {}
+        self.keys: dict[int, int] = {}  # worker id -> key, drawn at registration (seeded)
+        self._key_rng = random.Random(seed + 0x6B6579)  # its own generator: keys do not shift the faults
         self._first_copy: dict[tuple[tuple[str, int], int], bytes] = {}
         self._addr_of: dict[int, tuple[str, int]] = {}
         self._copies = [[_Copy(lanes=np.zeros(lanes, np.int32)) for _ in range(slots)] for _ in range(2)]
@@ -91,9 +97,15 @@ class FakeSwitch:
 
     # --- control -------------------------------------------------------------------------------------------
 
-    def register(self, addr: str, port: int, worker_id: int) -> None:
+    def register(self, addr: str, port: int, worker_id: int) -> int:
+        """Admit a worker at (addr, port); returns its key."""
         self._workers[(addr, port)] = worker_id
         self._addr_of[worker_id] = (addr, port)
+        return self.keys.setdefault(worker_id, self._key_rng.randrange(1, 1 << 32))
+
+    def inject(self, worker_id: int, data: bytes) -> None:
+        """Send ``data`` to a worker from the switch's own address (e.g. a forged RESULT the kernel lets through)."""
+        self._sock.sendto(data, self._addr_of[worker_id])
 
     def join_result(self, worker_id: int, rank: int | None = None) -> JoinResult:
         return JoinResult(
@@ -106,6 +118,7 @@ class FakeSwitch:
             epoch=self.epoch,
             switch=SwitchEndpoint(mac="02:00:00:00:00:01", addr=self.address[0], port=self.address[1]),
             rank=worker_id if rank is None else rank,
+            key=self.keys.setdefault(worker_id, self._key_rng.randrange(1, 1 << 32)),
         )
 
     def worker_address(self, worker_id: int) -> tuple[str, int]:
@@ -205,6 +218,9 @@ class FakeSwitch:
         if worker is None or h.job != self.job_id:
             self.counters["unknown_worker"] += 1
             return
+        if h.key != self.keys[worker]:
+            self.counters["bad_key"] += 1
+            return
         if h.size != self.size:
             self.counters["bad_size"] += 1
             return
@@ -214,19 +230,22 @@ class FakeSwitch:
         copy = self._copies[h.set][h.slot]
         bit = 1 << worker
         if copy.bitmap & bit:
+            if h.tsi != copy.tsi:
+                self.counters["stale"] += 1
+                return
             if copy.count == 0:
                 self.counters["retransmit_answered"] += 1
-                self._emit(self._result(h.set, h.slot), self._addr_of[worker])
+                self._emit(self._result(h.set, h.slot, worker), self._addr_of[worker])
             else:
                 self.counters["duplicate_pending"] += 1
             return
         if copy.count == 0:
-            if not copy.fresh and h.tsi == copy.tsi:
+            if not copy.fresh and not tsi_newer(h.tsi, copy.tsi):  # an old packet never opens a round
                 self.counters["stale"] += 1
                 return
             copy.fresh = False
             copy.lanes[:] = lanes
-            copy.exp, copy.flags, copy.tsi = h.exp, h.flags, h.tsi
+            copy.exp, copy.flags, copy.tsi, copy.op = h.exp, h.flags, h.tsi, h.op
             copy.bitmap = 0
             copy.count = self.num_workers - 1
         else:
@@ -237,17 +256,19 @@ class FakeSwitch:
                 copy.lanes += lanes.astype(np.int32)
             copy.exp = max(copy.exp, h.exp)
             copy.flags |= h.flags
+            if h.op != copy.op:
+                copy.flags |= Flag.MISMATCH
+                self.counters["mismatch"] += 1
             copy.count -= 1
         copy.bitmap |= bit
         self._copies[1 - h.set][h.slot].bitmap &= ~bit
         self.counters["aggregated"] += 1
         if copy.count == 0:
             self.counters["completed"] += 1
-            message = self._result(h.set, h.slot)
             for wid in range(self.num_workers):
-                self._emit(message, self._addr_of[wid])
+                self._emit(self._result(h.set, h.slot, wid), self._addr_of[wid])
 
-    def _result(self, set_: int, slot: int) -> bytes:
+    def _result(self, set_: int, slot: int, worker: int) -> bytes:
         copy = self._copies[set_][slot]
         buf = bytearray(HEADER_BYTES + 4 * self.lanes)
         pack_header(
@@ -260,7 +281,9 @@ class FakeSwitch:
             slot=slot,
             set=set_,
             exp=copy.exp,
-            flags=copy.flags,
+            flags=int(copy.flags),
+            key=self.keys[worker],
+            op=copy.op,
         )
         np.frombuffer(buf, dtype=LANE_DTYPE, offset=HEADER_BYTES)[:] = copy.lanes
         return bytes(buf)
@@ -293,8 +316,9 @@ class FakeController:
             raise ValueError(
                 f"fake switch serves job {sw.job!r} of {sw.num_workers}, not {job!r} of {world_size}"
             )
-        sw.register(addr, port, rank)
+        key = sw.register(addr, port, rank)
         return {
+            "key": key,
             "job_id": sw.job_id,
             "worker_id": rank,
             "world_size": world_size,

@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from agent_harness import WAIT, assert_close_to_reference, run_ranks
 
 from netagg.host_agent.client import AllReduceClient
-from netagg.host_agent.errors import AllReduceTimeout
+from netagg.host_agent.errors import (
+    AgentBrokenError,
+    AgentInputError,
+    AllReduceTimeout,
+    CollectiveAbortedError,
+    CollectiveMismatchError,
+)
 from netagg.local import LocalStack as Stack
 
 pytestmark = pytest.mark.loopback
@@ -132,6 +140,46 @@ def test_stopped_worker_fails_the_other_within_its_deadline(stack: Stack) -> Non
 
     message = run_ranks([None, None], body)[0]  # type: ignore[list-item]
     assert "job 'stopping'" in message and "rank 0" in message and "still missing" in message
+
+
+def test_mismatched_all_reduces_and_a_given_up_one_fail_every_rank_fast(stack: Stack) -> None:
+    """The switch flags MISMATCH and ORs ABORT: every rank fails within a round trip, not at its deadline, and the
+    job cannot be used afterwards; int32 sums that fit come back alike on every rank."""
+    controller = stack.controller()
+    deadline = 30.0
+
+    def failure(fn: Any) -> tuple[BaseException | None, float]:
+        start = time.monotonic()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - inspected below
+            return exc, time.monotonic() - start
+        return None, time.monotonic() - start
+
+    def body(rank: int, _: object) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with AllReduceClient.join(controller, "wide", 2, rank, join_timeout=30, deadline=deadline) as client:
+            out["int32"] = client.allreduce(np.array([2**30 + 5 if rank == 0 else 1], np.int32)).tolist()
+        with AllReduceClient.join(controller, "mismatch", 2, rank, join_timeout=30, deadline=deadline) as client:
+            out["mismatch"] = failure(lambda: client.allreduce(np.ones(1000 * (rank + 1), np.float32)))
+            out["mismatch_next"] = failure(lambda: client.allreduce(np.ones(10, np.float32)))
+        with AllReduceClient.join(controller, "abort", 2, rank, join_timeout=30, deadline=deadline) as client:
+            bad = np.ones(100, np.int64 if rank == 0 else np.float32)
+            out["abort"] = failure(lambda: client.allreduce(bad))
+            out["abort_next"] = failure(lambda: client.allreduce(np.ones(10, np.float32)))
+        return out
+
+    results = run_ranks([None, None], body)  # type: ignore[list-item]
+    for rank, r in enumerate(results):
+        assert r["int32"] == [2**30 + 6]
+        error, took = r["mismatch"]
+        assert isinstance(error, CollectiveMismatchError) and f"{1000 * (rank + 1)} float32" in str(error), error
+        assert took < deadline / 3, f"rank {rank} learnt of the mismatch after {took:.1f} s"
+        assert isinstance(r["mismatch_next"][0], AgentBrokenError)
+        assert isinstance(r["abort_next"][0], AgentBrokenError)
+    assert isinstance(results[0]["abort"][0], AgentInputError)
+    error, took = results[1]["abort"]
+    assert isinstance(error, CollectiveAbortedError) and took < deadline / 3, (error, took)
 
 
 def test_cli_runs_checks_and_reports_goodput(stack: Stack) -> None:

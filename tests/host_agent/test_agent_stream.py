@@ -84,7 +84,8 @@ def test_sequential_all_reduces_warm_up_each_time() -> None:
 
     with job(n, window=window) as (_, clients):
         results = run_ranks(clients, body)
-        expected = sum(min(window, -(-x.size // LANES)) for x in inputs[0])
+        # int32 travels as two lanes per element
+        expected = sum(min(window, -(-x.size * (2 if x.dtype == np.int32 else 1) // LANES)) for x in inputs[0])
         for c in clients:
             assert c.stats.warmups_sent == expected
     _check(results, inputs)

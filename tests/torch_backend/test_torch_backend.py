@@ -6,82 +6,12 @@ separate processes with the env:// rendezvous torchrun uses.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-from netagg.local import LocalStack, free_port
+from torch_harness import run_ranks
 
 pytestmark = pytest.mark.loopback
 
 torch = pytest.importorskip("torch")
-WORKER = Path(__file__).with_name("worker.py")
-
-
-@pytest.fixture
-def stack(tmp_path: Path):
-    with LocalStack(tmp_path / "stack").start() as running:
-        yield running
-
-
-def run_ranks(
-    stack: LocalStack,
-    tmp_path: Path,
-    scenario: str,
-    world: int,
-    *,
-    deadline: float = 20.0,
-    timeout: float = 180.0,
-) -> list[dict]:
-    master = free_port()
-    procs, outs = [], []
-    for rank in range(world):
-        out = tmp_path / f"{scenario}-{rank}.json"
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(master),
-            NETAGG_CONTROLLER=stack.api,
-            NETAGG_DEADLINE=str(deadline),
-            NETAGG_JOIN_TIMEOUT="60",
-            OMP_NUM_THREADS="1",
-        )
-        log = (tmp_path / f"{scenario}-{rank}.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), scenario, str(out)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        outs.append(out)
-    try:
-        for proc in procs:
-            proc.wait(timeout)
-    finally:
-        for proc in procs:  # only the processes this test started, by PID
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    logs = "\n".join(
-        (tmp_path / f"{scenario}-{r}.log").read_text(errors="replace")[-3000:] for r in range(world)
-    )
-    results = []
-    for rank, out in enumerate(outs):
-        if scenario == "peer_dies" and rank == 1:
-            results.append({})
-            continue
-        assert procs[rank].returncode == 0 and out.exists(), f"rank {rank} failed:\n{logs}\n{stack.logs()}"
-        results.append(json.loads(out.read_text()))
-    return results
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -116,7 +46,7 @@ def test_powersgd_hook_trains(stack, tmp_path) -> None:
 
 
 def test_a_dying_peer_raises_a_distributed_error(stack, tmp_path) -> None:
-    results = run_ranks(stack, tmp_path, "peer_dies", 3, deadline=3.0)
+    results = run_ranks(stack, tmp_path, "peer_dies", 3, deadline=3.0, vanishing=[1])
     for rank in (0, 2):
         r = results[rank]
         assert r["error"] == "DistBackendError", r

@@ -4,7 +4,9 @@
 
 Scenarios: ``ddp`` (gradients of DDP over netagg vs the same gradients all-reduced by a gloo group, every step),
 ``collectives`` (the calls netagg delegates to gloo, and SUM/AVG/int32 through the switch), ``powersgd`` (torch's
-PowerSGD comm hook), ``peer_dies`` (rank 1 exits in the middle; the others must raise, not hang).
+PowerSGD comm hook), ``peer_dies`` (rank 1 exits in the middle; the others must raise, not hang). Two ranks whose
+calls differ: ``mismatch_small`` (100 vs 200 elements) and ``mismatch_large`` (1000 vs 2000), each followed by a
+matched all_reduce; ``int32_wide`` (2**30 + 5 and 1, against gloo); ``bad_input`` (rank 0's tensor is refused).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -140,6 +144,54 @@ def peer_dies(rank: int, world: int) -> dict:
             "where": traceback.format_exc()[-1500:],
         }
     return {"error": None}
+
+
+def _attempt(fn: Callable[[], Any]) -> dict:
+    """fn's value, or the error it raised, and how long it took."""
+    start = time.monotonic()
+    try:
+        value = fn()
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        return {"error": type(exc).__name__, "message": str(exc), "after": time.monotonic() - start}
+    return {"error": None, "value": value, "after": time.monotonic() - start}
+
+
+def _summed(t: torch.Tensor) -> list:
+    dist.all_reduce(t)
+    return t[:3].tolist()
+
+
+def _mismatch(rank: int, count: int) -> dict:
+    first = _attempt(lambda: _summed(torch.full((count,), rank + 1.0)))
+    after = _attempt(lambda: _summed(torch.ones(10)))  # matched: it must fail too, not return a wrong sum
+    return {"first": first, "after": after}
+
+
+def mismatch_small(rank: int, world: int) -> dict:
+    return _mismatch(rank, 100 if rank == 0 else 200)
+
+
+def mismatch_large(rank: int, world: int) -> dict:
+    return _mismatch(rank, 1000 if rank == 0 else 2000)
+
+
+def int32_wide(rank: int, world: int) -> dict:
+    value = 2**30 + 5 if rank == 0 else 1  # the true sum fits int32; one rank's value alone is large
+    ours = torch.tensor([value], dtype=torch.int32)
+    dist.all_reduce(ours)
+    gloo = dist.new_group(backend="gloo")
+    theirs = torch.tensor([value], dtype=torch.int32)
+    dist.all_reduce(theirs, group=gloo)
+    after = torch.ones(1)
+    dist.all_reduce(after)
+    return {"netagg": ours.item(), "gloo": theirs.item(), "after": after.item()}
+
+
+def bad_input(rank: int, world: int) -> dict:
+    # The agent refuses an in-place all-reduce of a leaf that requires grad; only rank 0 passes one.
+    first = _attempt(lambda: _summed(torch.ones(100, requires_grad=(rank == 0))))
+    after = _attempt(lambda: _summed(torch.ones(10)))
+    return {"first": first, "after": after}
 
 
 def main() -> int:
