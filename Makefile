@@ -3,10 +3,17 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# Debian packages the tests and the demo use (network namespaces, veth, offload control, tc shaping, Mininet).
-DEB_PACKAGES := iproute2 ethtool mininet net-tools iputils-ping tcpdump procps
+# Debian packages the tests and the demo use (network namespaces, veth, offload control, tc shaping, Mininet), and
+# the C compiler, C library headers and Python headers the compiled extensions are built with.
+DEB_PACKAGES := iproute2 ethtool mininet net-tools iputils-ping tcpdump procps gcc libc6-dev python3-dev
+# Sources of the compiled extensions (setup.py lists them, each next to the component that uses it).
+NATIVE_SOURCES := setup.py $(wildcard */native/*.c */native/*.h)
+# The compiled modules the editable install puts into the source tree (one per extension in setup.py).
+NATIVE_MODULES := host_agent/_native
+# FORCE when one is missing: a fresh checkout or a clean.
+NATIVE_MISSING := $(foreach m,$(NATIVE_MODULES),$(if $(wildcard $(m).*.so),,FORCE))
 
-.PHONY: install deb venv test test-unit test-loopback test-netns p4 bench mininet-demo docker-test lint clean
+.PHONY: install deb venv FORCE test test-unit test-loopback test-netns p4 bench mininet-demo docker-test lint clean
 
 install: deb venv ## set up everything on a fresh machine (idempotent)
 
@@ -14,19 +21,27 @@ deb:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	  else echo "not root: install these Debian packages for the netns tests and the demo: $$missing" >&2; fi; \
+	  else echo "not root: install these Debian packages for the C build, the netns tests and the demo: $$missing" >&2; fi; \
 	fi
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(VENV)/.built
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@# Mininet's Python package comes from Debian; expose just that package to the virtualenv.
 	@if [ -d /usr/lib/python3/dist-packages/mininet ]; then \
 	  ln -sfn /usr/lib/python3/dist-packages/mininet "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mininet"; fi
 	touch $@
+
+# netagg itself, editable, with its C extensions compiled in place by setup.py (which stops with the Debian package
+# to install when the compiler or Python's headers are missing). Rebuilt when a source changes or a module is gone.
+$(VENV)/.built: $(VENV)/.installed pyproject.toml $(NATIVE_SOURCES) $(NATIVE_MISSING)
+	@$(PY) setup.py --check-toolchain
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+FORCE:
 
 test: venv ## the whole default suite (unit, loopback and, as root, netns tiers)
 	$(PY) -m pytest -q
@@ -57,5 +72,6 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis build
+	rm -f $(addsuffix .*.so,$(NATIVE_MODULES))
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -6,20 +6,21 @@ import time
 from collections.abc import Callable
 
 
+def per_call(fn: Callable[[], object], min_time: float) -> float:
+    """Seconds per call of ``fn``, over as many calls as fill ``min_time``."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
 def best_of(fn: Callable[[], object], repeat: int = 7, min_time: float = 0.2) -> float:
     """Best per-call wall time of ``fn`` in seconds over ``repeat`` rounds of at least ``min_time`` each."""
     fn()  # warm caches and allocations
-    best = float("inf")
-    for _ in range(repeat):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        best = min(best, elapsed / calls)
-    return best
+    return min(per_call(fn, min_time) for _ in range(repeat))
 
 
 def report(name: str, rows: list[tuple[str, str]]) -> None:

@@ -24,6 +24,13 @@ i.e. half a quantization step per worker, plus the final rounding to float32.
 
 Arithmetic is float32 multiplication by powers of two (exact) and round-half-to-even; numpy and torch give
 bit-identical results. The scale factor is applied as two power-of-two factors when it would leave float32's range.
+
+The float path exists twice, computing the same bits: :func:`block_exponents`, :func:`quantize` and
+:func:`dequantize` run the compiled kernels of ``netagg.host_agent._native`` (sources in host_agent/native/), one
+pass over memory each, writing or reading big-endian lanes in packet buffers directly (:func:`lane_view`); the
+``*_reference`` functions are the numpy implementation, the executable specification the kernels are tested
+against. Arguments the kernels do not take as they are (other dtypes, lanes not adjacent in memory, an output
+overlapping an input) go to the reference, which computes the same result or raises the proper error.
 """
 
 from __future__ import annotations
@@ -32,7 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from netagg.wire import EXP_MAX, EXP_MIN
+from netagg.wire import EXP_MAX, EXP_MIN, LANE_DTYPE
+
+try:
+    from netagg.host_agent import _native
+except ImportError as exc:
+    raise ImportError(
+        "netagg.host_agent._native (the compiled quantizer) is missing or was built for another Python: run "
+        "`make install` in the repository root to build it"
+    ) from exc
 
 #: Exponent at or above which a block is treated as non-finite (2**127 <= M).
 EXP_OVERFLOW = EXP_MAX + 1
@@ -59,8 +74,12 @@ def scale_shift(shared_exps: np.ndarray, num_workers: int) -> np.ndarray:
     return (_MAG_BITS - headroom_bits(num_workers) - np.asarray(shared_exps, dtype=np.int32)).astype(np.int32)
 
 
-def block_exponents(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-block exponent (int8) and non-finite flag (bool) of float32 blocks shaped (m, L)."""
+# ---------------------------------------------------------------------------------------------------------------
+# numpy reference: the executable specification of the float path (the compiled kernels must give its bits).
+
+
+def block_exponents_reference(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy reference of :func:`block_exponents`."""
     blocks = _as_blocks(blocks)
     if blocks.shape[1] == 0:
         return np.full(len(blocks), EXP_MIN, np.int8), np.zeros(len(blocks), bool)
@@ -87,7 +106,7 @@ def _factors(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     )
 
 
-def quantize(
+def quantize_reference(
     blocks: np.ndarray,
     shared_exps: np.ndarray,
     num_workers: int,
@@ -95,17 +114,12 @@ def quantize(
     *,
     own: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Quantize float32 blocks (m, L) with the shared per-block exponents into int32 lanes (m, L).
-
-    ``own`` is this worker's ``block_exponents(blocks)`` if the caller already has it. Blocks that are non-finite,
-    or whose own exponent exceeds the shared one (the shared exponent does not cover them: a caller error), become
-    zeros instead of lanes that could make the switch's sum wrap; the caller sends the non-finite flag for them.
-    """
+    """numpy reference of :func:`quantize`."""
     blocks = _as_blocks(blocks)
     shared = np.asarray(shared_exps)
     if shared.shape != (blocks.shape[0],):
         raise QuantizationError(f"{shared.shape} exponents for {blocks.shape[0]} blocks")
-    own_exps, nonfinite = own if own is not None else block_exponents(blocks)
+    own_exps, nonfinite = own if own is not None else block_exponents_reference(blocks)
     f1, f2 = _factors(scale_shift(shared, num_workers))
     with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN lanes are zeroed just below
         tmp = np.multiply(blocks, f1, dtype=np.float32)
@@ -121,14 +135,14 @@ def quantize(
     return out
 
 
-def dequantize(
+def dequantize_reference(
     sums: np.ndarray,
     shared_exps: np.ndarray,
     num_workers: int,
     nonfinite: np.ndarray | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Turn summed int32 lanes (m, L) back into float32; blocks flagged non-finite become NaN."""
+    """numpy reference of :func:`dequantize`."""
     sums = np.asarray(sums)
     if sums.ndim != 2:
         raise QuantizationError(f"sums must be 2-D (blocks, lanes), got shape {sums.shape}")
@@ -143,6 +157,85 @@ def dequantize(
     if nonfinite is not None and np.any(nonfinite):
         out[np.asarray(nonfinite, dtype=bool)] = np.nan
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The float path as callers use it: one compiled pass over memory per call.
+
+
+def block_exponents(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block exponent (int8) and non-finite flag (bool) of float32 blocks shaped (m, L)."""
+    m = len(blocks) if isinstance(blocks, np.ndarray) and blocks.ndim == 2 else 0
+    exps, nonfinite = np.empty(m, np.int8), np.empty(m, bool)
+    try:
+        _native.block_exponents(blocks, exps, nonfinite)
+    except _native.Unsupported:
+        return block_exponents_reference(blocks)
+    return exps, nonfinite
+
+
+def quantize(
+    blocks: np.ndarray,
+    shared_exps: np.ndarray,
+    num_workers: int,
+    out: np.ndarray | None = None,
+    *,
+    own: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Quantize float32 blocks (m, L) with the shared per-block exponents into int32 lanes (m, L).
+
+    ``own`` is this worker's ``block_exponents(blocks)`` if the caller already has it. Blocks that are non-finite,
+    or whose own exponent exceeds the shared one (the shared exponent does not cover them: a caller error), become
+    zeros instead of lanes that could make the switch's sum wrap; the caller sends the non-finite flag for them.
+    ``out`` may hold its lanes in either byte order and its rows at any stride: ``out=lane_view(frames, ...)``
+    writes the wire's big-endian lanes straight into packet buffers.
+    """
+    base = _MAG_BITS - headroom_bits(num_workers)
+    own_exps, nonfinite = own if own is not None else block_exponents(blocks)
+    if out is None:
+        out = np.empty(np.shape(blocks), np.int32)
+    try:
+        _native.quantize(blocks, shared_exps, base, own_exps, nonfinite, out)
+    except _native.Unsupported:
+        return quantize_reference(blocks, shared_exps, num_workers, out, own=(own_exps, nonfinite))
+    return out
+
+
+def dequantize(
+    sums: np.ndarray,
+    shared_exps: np.ndarray,
+    num_workers: int,
+    nonfinite: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Turn summed int32 lanes (m, L) back into float32; blocks flagged non-finite become NaN.
+
+    ``sums`` may hold its lanes in either byte order and its rows at any stride (``lane_view`` of received
+    packets).
+    """
+    base = _MAG_BITS - headroom_bits(num_workers)
+    if out is None:
+        out = np.empty(np.shape(sums), np.float32)
+    try:
+        _native.dequantize(sums, shared_exps, base, nonfinite, out)
+    except _native.Unsupported:
+        return dequantize_reference(sums, shared_exps, num_workers, nonfinite, out)
+    return out
+
+
+def lane_view(buf: Any, count: int, lanes: int, *, offset: int, stride: int) -> np.ndarray:
+    """The payloads of ``count`` packets in ``buf`` as a (count, lanes) big-endian int32 array, without a copy.
+
+    Payload i starts at byte ``offset + i * stride`` of ``buf`` (a bytearray, memoryview or uint8 array holding a
+    burst of frames back to back). :func:`quantize` writes into it, :func:`dequantize` reads from it, in one pass.
+    """
+    return np.ndarray(
+        (count, lanes), dtype=LANE_DTYPE, buffer=buf, offset=offset, strides=(stride, LANE_DTYPE.itemsize)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks and helpers.
 
 
 def error_bound(exact_sum: np.ndarray, shared_exps: np.ndarray, num_workers: int) -> np.ndarray:
