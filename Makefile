@@ -9,7 +9,7 @@ DEB_PACKAGES := iproute2 ethtool mininet net-tools iputils-ping tcpdump procps g
 # Sources of the compiled extensions (setup.py lists them, each next to the component that uses it).
 NATIVE_SOURCES := setup.py $(wildcard */native/*.c */native/*.h)
 # The compiled modules the editable install puts into the source tree (one per extension in setup.py).
-NATIVE_MODULES := host_agent/_native
+NATIVE_MODULES := host_agent/_native softswitch/_native
 # FORCE when one is missing: a fresh checkout or a clean.
 NATIVE_MISSING := $(foreach m,$(NATIVE_MODULES),$(if $(wildcard $(m).*.so),,FORCE))
 

@@ -30,6 +30,12 @@ EXTENSIONS = [
         depends=["host_agent/native/quantize.h"],
         extra_compile_args=COMPILE_ARGS,
     ),
+    Extension(
+        "netagg.softswitch._native",
+        sources=["softswitch/native/module.c", "softswitch/native/kernel.c"],
+        depends=["softswitch/native/kernel.h"],
+        extra_compile_args=COMPILE_ARGS,
+    ),
 ]
 
 _PY = f"{sys.version_info.major}.{sys.version_info.minor}"

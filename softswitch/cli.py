@@ -19,6 +19,7 @@ from types import FrameType
 
 from netagg.constants import AGG_UDP_PORT
 
+from .native_pipeline import DATAPATH_ENV, DATAPATHS, make_pipeline
 from .p4runtime_server import P4RuntimeServer, TlsConfig
 from .pipeline import Pipeline
 from .ports import (
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--udp", metavar="HOST:PORT", nargs="?", const=default_udp, default=None, type=_udp_address,
         help=f"run as a UDP endpoint on HOST:PORT instead of interfaces (default {default_udp}); no root needed",
+    )  # fmt: skip
+    parser.add_argument(
+        "--datapath", choices=DATAPATHS, default=None,
+        help=f"native: the compiled aggregation kernel; python: the reference pipeline (default: ${DATAPATH_ENV}, "
+        "else native)",
     )  # fmt: skip
     parser.add_argument(
         "--device-id", metavar="N", type=_positive_int, default=DEFAULT_DEVICE_ID,
@@ -173,7 +179,11 @@ def _ports(args: argparse.Namespace, pipeline: Pipeline) -> PortIO:
 def run(args: argparse.Namespace, stop: threading.Event) -> int:
     """Run the switch until ``stop`` is set or the data path fails; return the exit status."""
     state = SwitchState()
-    pipeline = Pipeline(state, seed=args.seed)
+    try:
+        pipeline = make_pipeline(state, seed=args.seed, datapath=args.datapath)
+    except ValueError as exc:
+        print(f"netagg-softswitch: {exc}", file=sys.stderr)
+        return 2
     ports = _ports(args, pipeline)
     try:
         tls = None
@@ -211,6 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.udp is not None and args.interface:
         build_parser().error("--udp and -i are exclusive: UDP mode has exactly one port")
+    for index, (port, iface) in enumerate(args.interface):
+        for other_port, other_iface in args.interface[:index]:
+            if port == other_port:
+                build_parser().error(f"argument -i/--interface: port {port} is given more than once")
+            if iface == other_iface:
+                build_parser().error(
+                    f"argument -i/--interface: interface {iface} is given for more than one port "
+                    f"({other_port} and {port})"
+                )
     if (args.tls_cert is None) != (args.tls_key is None):
         build_parser().error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:

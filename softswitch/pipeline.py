@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -140,6 +141,10 @@ _AGGREGATED: Final = int(JobStat.AGGREGATED)
 _COMPLETED: Final = int(JobStat.COMPLETED)
 _RETRANSMIT_ANSWERED: Final = int(JobStat.RETRANSMIT_ANSWERED)
 
+#: Frames and bytes of one received burst (the switch loop reads up to this many frames per port at a time).
+BURST_FRAMES: Final = 64
+BURST_BYTES: Final = 64 * 2048
+
 #: Random numbers drawn per refill of the drop simulator's buffer.
 _RANDOM_BATCH: Final = 4096
 
@@ -154,6 +159,49 @@ _MISS: Final = object()  # cache marker for "looked up, no usable entry"
 
 def _mac_bytes(value: int) -> bytes:
     return (value & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
+
+
+class Burst:
+    """Frames received together: one buffer, and per frame a row (offset in the buffer, length, ingress port)."""
+
+    def __init__(self, frames: int = BURST_FRAMES, nbytes: int = BURST_BYTES) -> None:
+        self.buffer = bytearray(nbytes)
+        self.view = memoryview(self.buffer)
+        self.meta = np.zeros((frames, 3), dtype=np.int64)
+        self.count = 0
+        self.used = 0
+
+    def clear(self) -> None:
+        self.count = 0
+        self.used = 0
+
+    def append(self, port: int, frame: bytes | bytearray | memoryview) -> bool:
+        """Copy one frame in; False (nothing copied) when the burst has no room for it."""
+        n = len(frame)
+        i = self.count
+        if i >= len(self.meta) or self.used + n > len(self.buffer):
+            return False
+        self.view[self.used : self.used + n] = frame
+        self.meta[i] = (self.used, n, port)
+        self.used += n
+        self.count = i + 1
+        return True
+
+    def frames(self) -> list[Output]:
+        """Every frame as (port, bytes), in order (tests and slow paths)."""
+        return [(int(p), bytes(self.view[o : o + n])) for o, n, p in self.meta[: self.count].tolist()]
+
+
+class OutBurst(Burst):
+    """Frames to send, in order; ``oversize`` holds any single frame larger than the whole buffer."""
+
+    def __init__(self, frames: int = BURST_FRAMES * 4, nbytes: int = BURST_BYTES * 4) -> None:
+        super().__init__(frames, nbytes)
+        self.oversize: list[Output] = []
+
+    def clear(self) -> None:
+        super().clear()
+        self.oversize.clear()
 
 
 class Registers:
@@ -362,37 +410,67 @@ class Pipeline:
 
     def process(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
         """Run one frame through the pipeline; return the frames to send. Never raises for any input."""
+        with self._lock:
+            if self.state.generation != self._generation:
+                self._refresh()
+            return self._process_frame(frame, ingress_port)
+
+    def process_burst(self, burst: Burst, out: OutBurst, flush: Callable[[OutBurst], None]) -> None:
+        """Run every frame of ``burst`` through the pipeline, appending what to send to ``out`` in order.
+
+        ``flush(out)`` is called whenever ``out`` is full; it must send and clear it. The caller sends what is
+        left after the call. Never raises for any input.
+        """
+        with self._lock:
+            if self.state.generation != self._generation:
+                self._refresh()
+            for i in range(burst.count):
+                offset, length, port = burst.meta[i].tolist()
+                self._emit(self._process_frame(burst.view[offset : offset + length], port), out, flush)
+
+    @staticmethod
+    def _emit(outputs: list[Output], out: OutBurst, flush: Callable[[OutBurst], None]) -> None:
+        for port, data in outputs:
+            if not out.append(port, data):
+                flush(out)
+                if not out.append(port, data):  # larger than the whole buffer: sent alone, still in order
+                    out.oversize.append((port, data))
+                    flush(out)
+
+    def _process_frame(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
+        """``process`` for one frame, with the lock held and the caches current."""
         try:
-            with self._lock:
-                if self.state.generation != self._generation:
-                    self._refresh()
-                if len(frame) >= _LANES_OFFSET:
-                    # Fast path: every header of an aggregation packet in one unpack.
-                    h = _ALL_HEADERS.unpack_from(frame)
-                    if (
-                        h[0] == ETHERTYPE_IPV4
-                        and h[1] == 0x45
-                        and h[7] == IPPROTO_UDP
-                        and h[12] == AGG_UDP_PORT
-                    ):
-                        if not self._loaded:
-                            return []
-                        return self._aggregate(frame, len(frame), ingress_port, h)
-                return self._process(frame, ingress_port)
+            if len(frame) >= _LANES_OFFSET:
+                # Fast path: every header of an aggregation packet in one unpack.
+                h = _ALL_HEADERS.unpack_from(frame)
+                if (
+                    h[0] == ETHERTYPE_IPV4
+                    and h[1] == 0x45
+                    and h[7] == IPPROTO_UDP
+                    and h[12] == AGG_UDP_PORT
+                ):
+                    if not self._loaded:
+                        return []
+                    return self._aggregate(frame, len(frame), ingress_port, h)
+            return self._process(frame, ingress_port)
         except Exception:
             # A bug here must not stop the switch: drop the frame and count it as INTERNAL_ERROR, never as a
             # reason that blames the sender (PARSER_ERROR would make a bug look like malformed traffic). Only
             # the first is logged: one traceback finds the bug, one per packet would flood the log.
-            self.internal_errors += 1
-            if self.internal_errors == 1:
-                log.exception(
-                    "internal error on a frame of %d bytes from port %d: dropped and counted as INTERNAL_ERROR "
-                    "(further internal errors are only counted)",
-                    len(frame),
-                    ingress_port,
-                )
-            self._drop(_INTERNAL_ERROR, -1, len(frame))
+            self._internal_error(len(frame), ingress_port)
             return []
+
+    def _internal_error(self, nbytes: int, ingress_port: int) -> None:
+        """Count a frame the switch failed on (call from an ``except`` block: the first one is logged)."""
+        self.internal_errors += 1
+        if self.internal_errors == 1:
+            log.exception(
+                "internal error on a frame of %d bytes from port %d: dropped and counted as INTERNAL_ERROR "
+                "(further internal errors are only counted)",
+                nbytes,
+                ingress_port,
+            )
+        self._drop(_INTERNAL_ERROR, -1, nbytes)
 
     def _process(self, frame: bytes | bytearray | memoryview, ingress_port: int) -> list[Output]:
         if not self._loaded:
@@ -505,7 +583,7 @@ class Pipeline:
             self._drop(_BAD_KEY, job, n)
             return []
         # 5. Admission checks.
-        if size != admitted_size:
+        if size != admitted_size or size > _MAX_SIZE_CODE:  # an undefined code even if the entry admits it
             self._drop(_BAD_SIZE, job, n)
             return []
         if h[13] != 8 + HEADER_BYTES + lanes * LANE_BYTES:

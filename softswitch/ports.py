@@ -31,6 +31,8 @@ from typing import Final, Self
 from netagg.constants import AGG_UDP_PORT, PORT_BITS
 from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, IPV4_HEADER_BYTES, UDP_HEADER_BYTES
 
+from .pipeline import OutBurst
+
 log = logging.getLogger(__name__)
 
 #: Called with each received frame (valid only during the call) and its ingress port.
@@ -129,6 +131,15 @@ class PortIO:
 
     def flush(self) -> None:
         """Transmit the frames ``send()`` queued, in order; ports that send at once need not override it."""
+
+    def send_burst(self, out: OutBurst) -> None:
+        """Transmit every frame of ``out`` (then its ``oversize`` frames), in order."""
+        view = out.view
+        send = self.send
+        for offset, length, port in out.meta[: out.count].tolist():
+            send(port, bytes(view[offset : offset + length]))
+        for port, frame in out.oversize:
+            send(port, frame)
 
     def describe(self) -> str:
         """One line for the readiness message."""

@@ -1,8 +1,9 @@
 """The software switch: pipeline + ports + P4Runtime server, started and stopped together.
 
 ``SoftSwitch.start()`` opens nothing itself (the ports are opened by whoever builds them), starts the control
-plane server if there is one and then the data path thread, which polls the ports and runs every received frame
-through the pipeline. ``stop()`` wakes that thread, waits for it with a deadline and stops the server.
+plane server if there is one and then the data path thread, which polls the ports and runs the frames received
+on a port as one burst through the pipeline (``Pipeline.process_burst``). ``stop()`` wakes that thread, waits
+for it with a deadline and stops the server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import select
 import threading
 from typing import Final, Protocol, Self
 
-from .pipeline import Pipeline
+from .pipeline import BURST_FRAMES, Burst, OutBurst, Pipeline
 from .ports import PortIO
 from .state import SwitchState
 
@@ -111,14 +112,28 @@ class SoftSwitch:
             poller.register(fd, select.POLLIN)
         poller.register(self._wake_read, select.POLLIN)
         receive = self.ports.receive
-        send = self.ports.send
+        send_burst = self.ports.send_burst
         flush = self.ports.flush
-        process = self.pipeline.process
+        process_burst = self.pipeline.process_burst
         wake = self._wake_read
+        # One burst per ready socket: the frames are copied into `burst` as the port hands them over, the
+        # pipeline runs them together (the native data path in one kernel call) and what it emits leaves as one
+        # output burst.
+        burst = Burst()
+        out = OutBurst()
 
-        def handle(frame: memoryview, ingress_port: int) -> None:
-            for egress_port, out in process(frame, ingress_port):
-                send(egress_port, out)
+        def send_out(full: OutBurst) -> None:
+            send_burst(full)
+            full.clear()
+
+        def collect(frame: memoryview, ingress_port: int) -> None:
+            if not burst.append(ingress_port, frame):
+                process_burst(burst, out, send_out)
+                burst.clear()
+                if not burst.append(ingress_port, frame):  # larger than a whole burst buffer: alone
+                    single = Burst(1, len(frame))
+                    single.append(ingress_port, frame)
+                    process_burst(single, out, send_out)
 
         while not self._stopping.is_set():
             for fd, events in poller.poll(POLL_TIMEOUT_MS):
@@ -129,6 +144,11 @@ class SoftSwitch:
                     log.error("port socket %d was closed under the data path; it is no longer served", fd)
                     continue
                 # POLLERR too: reading consumes the socket error (e.g. ENETDOWN while a link flaps).
-                receive(fd, handle)
+                burst.clear()
+                receive(fd, collect, BURST_FRAMES)
+                if burst.count:
+                    process_burst(burst, out, send_out)
+                if out.count or out.oversize:
+                    send_out(out)
             # Frames queued by the whole batch leave now, one system call per port with a transmit ring.
             flush()

@@ -66,6 +66,8 @@ def test_help_says_what_every_option_does(capsys: pytest.CaptureFixture[str]) ->
         (["--grpc-server-addr", "unix:"], "needs a path"),
         (["--udp", "127.0.0.1"], "HOST:PORT"),
         (["--udp", "127.0.0.1:1", "-i", "1@veth0"], "exclusive"),
+        (["-i", "1@veth0", "-i", "1@veth1"], "port 1 is given more than once"),  # was: 1@veth0 silently dropped
+        (["-i", "1@veth0", "-i", "2@veth0"], "interface veth0 is given for more than one port"),  # was a traceback
     ],
 )
 def test_bad_arguments_are_clear_usage_errors(argv: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
