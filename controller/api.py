@@ -1,4 +1,8 @@
-"""The job API for host agents: HTTP/JSON on a ThreadingHTTPServer (routes in docs/controller.md)."""
+"""The job API for host agents: HTTP/JSON on a ThreadingHTTPServer (routes in docs/controller.md).
+
+Every request needs a credential (``Authorization: Bearer <token>``, ``auth.py``); a job belongs to the credential
+of its first join, and only that one may join, heartbeat or leave it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import BadRequest, ControllerError, NoSuchRoute, RequestTimeout, UnknownJob
+from .auth import Authenticator, Tenant
+from .errors import BadRequest, ControllerError, NoSuchRoute, RequestTimeout, Unauthorized, UnknownJob
 from .jobs import JobManager, JoinRequest
 
 log = logging.getLogger(__name__)
@@ -60,8 +65,8 @@ def _no_constant(name: str) -> Any:
     raise BadRequest(f"request body holds {name}, which is not a JSON number; numbers must be finite")
 
 
-def join_request(body: dict[str, Any]) -> JoinRequest:
-    """Validate a join body's shape (admission checks its values)."""
+def join_request(body: dict[str, Any], owner: str = "") -> JoinRequest:
+    """Validate a join body's shape (admission checks its values); ``owner`` names the request's credential."""
     job = _field(body, "job", str)
     if not job or len(job) > 200:
         raise BadRequest("field 'job' must be a non-empty name of at most 200 characters")
@@ -75,6 +80,8 @@ def join_request(body: dict[str, Any]) -> JoinRequest:
         mac=_field(body, "mac", str, None, nullable=True),
         slots=_field(body, "slots", int, None, nullable=True),
         timeout=float(_field(body, "timeout", (int, float), 60.0)),
+        lease_seconds=_field(body, "lease_seconds", (int, float), None, nullable=True),
+        owner=owner,
     )
 
 
@@ -86,9 +93,11 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], manager: JobManager, stats: StatsFn, *,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 tenants: Sequence[Tenant], request_timeout: float = REQUEST_TIMEOUT) -> None:
+        """``tenants``: the credentials accepted (at least one); each job belongs to the one that created it."""
         self.manager = manager
         self.stats = stats
+        self.auth = Authenticator(tenants)
         self.request_timeout = request_timeout
         super().__init__(address, _Handler)
 
@@ -140,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="netagg"')
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -172,6 +183,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise BadRequest("request body must be a JSON object")
         return body
 
+    def _tenant(self) -> Tenant:
+        """The credential of this request; raises Unauthorized (and closes the connection: the body is unread)."""
+        header = self.headers.get("Authorization")
+        tenant = self.server.auth.tenant(header)
+        if tenant is None:
+            self.close_connection = True
+            log.info("client %s: %s %s refused: %s credential", self.address_string(), self.command,
+                     urlsplit(self.path).path, "invalid" if header else "no")
+            raise Unauthorized(given=header is not None)
+        return tenant
+
     def _dispatch(self, handler: Callable[[], dict[str, Any]]) -> None:
         try:
             status, payload = HTTPStatus.OK, handler()
@@ -187,37 +209,50 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         routes = {"/v1/jobs/join": self._join, "/v1/jobs/leave": self._leave, "/v1/jobs/heartbeat": self._heartbeat}
         route = routes.get(urlsplit(self.path).path)
-        if route is None:
-            self._dispatch(self._not_found)
-            return
-        self._dispatch(lambda: route(self._body()))
+
+        def handle() -> dict[str, Any]:
+            tenant = self._tenant()  # before anything else: no route, body or job is looked at without it
+            if route is None:
+                self._not_found()
+            return route(self._body(), tenant)
+
+        self._dispatch(handle)
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
-        routes = {"/v1/jobs": lambda: self._jobs(), "/v1/stats": lambda: self._stats(query)}
-        self._dispatch(routes.get(url.path, self._not_found))
+        routes = {"/v1/jobs": self._jobs, "/v1/stats": lambda _: self._stats(query)}
+        route = routes.get(url.path)
+
+        def handle() -> dict[str, Any]:
+            tenant = self._tenant()
+            if route is None:
+                self._not_found()
+            return route(tenant)
+
+        self._dispatch(handle)
 
     def _not_found(self) -> dict[str, Any]:
         raise NoSuchRoute(self.command, urlsplit(self.path).path)
 
     # --- routes -----------------------------------------------------------------------------------------------
 
-    def _join(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.server.manager.join(join_request(body)).to_json()
+    def _join(self, body: dict[str, Any], tenant: Tenant) -> dict[str, Any]:
+        return self.server.manager.join(join_request(body, tenant.name)).to_json()
 
-    def _leave(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _leave(self, body: dict[str, Any], tenant: Tenant) -> dict[str, Any]:
         job, rank = _field(body, "job", str), _field(body, "rank", int)
-        remaining = self.server.manager.leave(job, rank)
+        remaining = self.server.manager.leave(job, rank, tenant.name)
         return {"job": job, "rank": rank, "remaining": remaining, "torn_down": remaining == 0}
 
-    def _heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _heartbeat(self, body: dict[str, Any], tenant: Tenant) -> dict[str, Any]:
         job, rank = _field(body, "job", str), _field(body, "rank", int)
-        self.server.manager.heartbeat(job, rank)
-        return {"job": job, "rank": rank, "lease_seconds": self.server.manager.lease_seconds}
+        manager = self.server.manager
+        lease = manager.heartbeat(job, rank, tenant.name)
+        return {"job": job, "rank": rank, "lease_seconds": lease, "switch_generation": manager.switch_generation}
 
-    def _jobs(self) -> dict[str, Any]:
-        return {"jobs": self.server.manager.describe(), "pool": self.server.manager.pool_view()}
+    def _jobs(self, tenant: Tenant) -> dict[str, Any]:
+        return {"jobs": self.server.manager.describe(viewer=tenant.name), "pool": self.server.manager.pool_view()}
 
     def _stats(self, query: dict[str, list[str]]) -> dict[str, Any]:
         jobs = self.server.manager.active_jobs()

@@ -17,6 +17,8 @@ from .client import ControllerClient, ControllerClientError
 from .errors import ControllerError
 
 _DEFAULT_API = f"{DEFAULT_API_HOST}:{DEFAULT_API_PORT}"
+_TOKEN_HELP = ("the job API's token file (default: $NETAGG_TOKEN, else $NETAGG_TOKEN_FILE, else "
+               "~/.config/netagg/controller.token)")
 
 
 def _seconds(text: str) -> float:
@@ -43,8 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, type=Path, metavar="FILE",
                      help="topology/config file (TOML; format in docs/controller.md)")
     run.add_argument("--api-addr", default=_DEFAULT_API, metavar="HOST:PORT",
-                     help=f"address the job API listens on (default {_DEFAULT_API}; keep it on loopback or a "
-                          f"management network: the API has no authentication)")
+                     help=f"address the job API listens on (default {_DEFAULT_API}; it is plain HTTP: keep it on "
+                          f"loopback or a management network, see docs/security.md)")
+    run.add_argument("--token-file", type=Path, metavar="FILE",
+                     help="the job API's token file, created (mode 0600) with a new random token when missing "
+                          "(default: [api] token_file of the config, else ~/.config/netagg/controller.token)")
     run.add_argument("--p4info", type=Path, metavar="FILE",
                      help="P4Info text file of the pipeline (default: the one committed under p4/v1model/build/)")
     run.add_argument("--bmv2-json", type=Path, metavar="FILE",
@@ -62,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "and drops by reason, per job and for the switch.")
     stats.add_argument("--api-addr", default=_DEFAULT_API, metavar="HOST:PORT",
                        help=f"job API of the running controller (default {_DEFAULT_API})")
+    stats.add_argument("--token-file", type=Path, metavar="FILE", help=_TOKEN_HELP)
     stats.add_argument("--job", metavar="NAME", help="only this job (and the switch-wide drops)")
     stats.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
 
@@ -69,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                           description="List active and joining jobs with their ids, slots, epochs and workers.")
     jobs.add_argument("--api-addr", default=_DEFAULT_API, metavar="HOST:PORT",
                       help=f"job API of the running controller (default {_DEFAULT_API})")
+    jobs.add_argument("--token-file", type=Path, metavar="FILE", help=_TOKEN_HELP)
     jobs.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     return parser
 
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
-        client = ControllerClient(args.api_addr)
+        client = ControllerClient(args.api_addr, token_file=args.token_file)
         if args.command == "stats":
             reply = client.stats(args.job)
             print(json.dumps(reply, indent=2) if args.json else format_stats(reply))
@@ -108,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         bmv2_json=args.bmv2_json or DEFAULT_BMV2_JSON,
         api_address=parse_address(args.api_addr),
         lease_seconds=args.lease,
+        token_file=args.token_file,
     )
     stop = threading.Event()
 
@@ -154,7 +162,9 @@ def format_jobs(reply: dict[str, Any]) -> str:
         )
         for w in job.get("workers", []):
             state = "left" if w["left"] else f"last heartbeat {w['silent_seconds']:.1f} s ago"
-            lines.append(f"  rank {w['rank']}: {w['addr']}:{w['port']} (switch port {w['switch_port']}), {state}")
+            where = (f"{w['addr']}:{w['port']} (switch port {w['switch_port']})" if "addr" in w
+                     else "(a job of another credential)")
+            lines.append(f"  rank {w['rank']}: {where}, {state}")
     return "\n".join(lines)
 
 

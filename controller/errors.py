@@ -96,6 +96,32 @@ class NoSuchRoute(RequestError):
         super().__init__(f"no route {method} {path} (see docs/controller.md)")
 
 
+class Unauthorized(RequestError):
+    """The request carries no valid job API credential."""
+
+    http_status = 401
+
+    def __init__(self, given: bool) -> None:
+        super().__init__(
+            ("the credential sent is not valid" if given else "the job API needs a credential")
+            + ": send 'Authorization: Bearer <token>' with the token of the controller's token file "
+            "(docs/security.md)"
+        )
+
+
+class NotJobOwner(RequestError):
+    """The job was created (first joined) with another credential: only that one may join, heartbeat or leave it."""
+
+    http_status = 403
+
+    def __init__(self, job: str, rank: int, action: str) -> None:
+        self.job, self.rank = job, rank
+        super().__init__(
+            f"job {job!r} rank {rank}: cannot {action} a job created with another credential; pick another job "
+            "name or use the credential that created it"
+        )
+
+
 class UnknownJob(RequestError):
     """No active job by that name (never admitted, already torn down, or expired)."""
 
@@ -181,6 +207,11 @@ class BadTimeout(AdmissionError):
         super().__init__(
             f"job {job!r}: rank {rank} gives a join timeout of {timeout!r}; it must be a finite number of seconds"
         )
+
+
+class BadLease(AdmissionError):
+    def __init__(self, job: str, rank: int, lease: object) -> None:
+        super().__init__(f"job {job!r} rank {rank}: lease_seconds {lease!r} must be a finite number of seconds > 0")
 
 
 class PoolExhausted(AdmissionError):

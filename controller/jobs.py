@@ -21,6 +21,7 @@ from netagg.wire import size_for_lanes
 
 from .epochs import EpochCounter, EpochSpaceExhausted
 from .errors import (
+    BadLease,
     BadPort,
     BadSlotCount,
     BadTimeout,
@@ -33,6 +34,7 @@ from .errors import (
     JoinAborted,
     JoinTimeout,
     MacMismatch,
+    NotJobOwner,
     ParameterMismatch,
     PoolExhausted,
     RankOutOfRange,
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Longest a join may wait for the other ranks.
 MAX_JOIN_TIMEOUT = 3600.0
+#: Shortest lease a join may ask for (a longer one than the configured lease is cut to it).
+MIN_LEASE_SECONDS = 0.5
 #: How many ended jobs are remembered, to say why a later heartbeat or leave gets 404.
 _ENDED_MEMORY = 1024
 
@@ -65,6 +69,8 @@ class JoinRequest:
     mac: str | None = None
     slots: int | None = None  # None: the configured default
     timeout: float = 60.0
+    lease_seconds: float | None = None  # None: the configured lease; else bounded to [MIN_LEASE_SECONDS, it]
+    owner: str = ""  # the name of the credential the request came with ("" in-process, without the job API)
 
 
 def new_key(randbits: Callable[[int], int] = secrets.randbits) -> int:
@@ -113,7 +119,8 @@ class Admission:
     switch_mac: str
     switch_addr: str
     switch_port: int
-    lease_seconds: float
+    lease_seconds: float  # granted to this rank
+    switch_generation: int  # changes when the switch lost its registers (docs/controller.md, "Switch lifecycle")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +132,7 @@ class Admission:
             "slots": self.job.pool.slots,
             "epoch": self.job.epoch,
             "lease_seconds": self.lease_seconds,
+            "switch_generation": self.switch_generation,
             "switch": {"mac": self.switch_mac, "addr": self.switch_addr, "port": self.switch_port},
             "key": self.job.workers[self.worker_id].key,  # this rank's own key only
         }
@@ -148,7 +156,9 @@ class _Pending:
     slots: int
     job_id: int
     pool: SlotRange
+    owner: str = ""
     workers: dict[int, Worker] = field(default_factory=dict)
+    leases: dict[int, float] = field(default_factory=dict)  # granted, by rank
     state: str = "joining"  # joining -> installing -> active | failed
     error: Exception | None = None
     job: Job | None = None
@@ -158,6 +168,8 @@ class _Pending:
 class _Active:
     job: Job
     last_seen: dict[int, float]
+    leases: dict[int, float]  # granted, by rank
+    owner: str = ""
     left: set[int] = field(default_factory=set)
 
 
@@ -174,7 +186,9 @@ class JobManager:
         clock: Callable[[], float] = time.monotonic,
         on_admitted: Callable[[Job], None] | None = None,
         on_teardown: Callable[[Job], None] | None = None,
+        switch_generation: Callable[[], int] | None = None,
     ) -> None:
+        """``switch_generation`` reads the switch layer's pipeline generation (0 when there is none)."""
         self.topology = topology
         self.lease_seconds = topology.lease_seconds if lease_seconds is None else lease_seconds
         if not math.isfinite(self.lease_seconds) or self.lease_seconds <= 0:
@@ -186,6 +200,7 @@ class JobManager:
         self._clock = clock
         self._on_admitted = on_admitted
         self._on_teardown = on_teardown
+        self._switch_generation = switch_generation or (lambda: 0)
         self._pool = SlotPool(topology.pool_slots)
         self._cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
@@ -200,17 +215,24 @@ class JobManager:
     def join(self, req: JoinRequest) -> Admission:
         """Register one rank; blocks until every rank joined and the job is installed, or the deadline passes."""
         worker = self._validate(req)
+        lease = self._grant_lease(req)
         timeout = min(max(req.timeout, 0.0), MAX_JOIN_TIMEOUT)
         deadline = time.monotonic() + timeout
         with self._cond:
-            if req.job in self._active:
+            active = self._active.get(req.job)
+            if active is not None:
+                if active.owner != req.owner:
+                    raise NotJobOwner(req.job, req.rank, "join")
                 raise JobAlreadyStarted(req.job, req.rank)
             pending = self._pending.get(req.job)
             if pending is None:
                 pending = self._reserve(req)
             else:
+                if pending.owner != req.owner:  # before any other check: the job's settings are not theirs to see
+                    raise NotJobOwner(req.job, req.rank, "join")
                 self._check_consistent(pending, req, worker)
             pending.workers[req.rank] = worker
+            pending.leases[req.rank] = lease
             self._ended.pop(req.job, None)
             if len(pending.workers) < pending.world_size:
                 return self._wait_admitted(pending, req.rank, deadline, timeout)
@@ -248,7 +270,8 @@ class JobManager:
                 log.exception("admission hook failed for job %r; admitting it anyway", job.name)
         with self._cond:
             now = self._clock()
-            self._active[job.name] = _Active(job, {r: now for r in range(job.world_size)})
+            self._active[job.name] = _Active(job, {r: now for r in range(job.world_size)}, dict(pending.leases),
+                                             pending.owner)
             del self._pending[job.name]
             pending.state, pending.job = "active", job
             self._cond.notify_all()
@@ -256,7 +279,16 @@ class JobManager:
             "job %r admitted: id %d, %d workers, %d lanes, slots %d..%d, epoch %d",
             job.name, job.job_id, job.world_size, job.lanes, job.pool.base, job.pool.end - 1, job.epoch,
         )
-        return self._admission(job, req.rank)
+        return self._admission(job, req.rank, pending.leases[req.rank])
+
+    def _grant_lease(self, req: JoinRequest) -> float:
+        """The lease this rank gets: what it asked for, within [MIN_LEASE_SECONDS, the configured lease]."""
+        if req.lease_seconds is None:
+            return self.lease_seconds
+        asked = req.lease_seconds
+        if isinstance(asked, bool) or not isinstance(asked, int | float) or not math.isfinite(asked) or asked <= 0:
+            raise BadLease(req.job, req.rank, asked)
+        return min(max(float(asked), min(MIN_LEASE_SECONDS, self.lease_seconds)), self.lease_seconds)
 
     def _validate(self, req: JoinRequest) -> Worker:
         """Checks that need no job state; returns the worker the request describes."""
@@ -294,7 +326,7 @@ class JobManager:
         except PoolFull as ex:
             raise PoolExhausted(req.job, req.rank, ex.wanted, ex.free, ex.largest_free) from None
         self._job_ids.add(job_id)
-        pending = _Pending(req.job, req.world_size, req.lanes, slots, job_id, pool)
+        pending = _Pending(req.job, req.world_size, req.lanes, slots, job_id, pool, owner=req.owner)
         self._pending[req.job] = pending
         return pending
 
@@ -328,7 +360,7 @@ class JobManager:
         if pending.state == "failed":
             raise JoinAborted(pending.name, rank, str(pending.error))
         assert pending.job is not None
-        return self._admission(pending.job, rank)
+        return self._admission(pending.job, rank, pending.leases[rank])
 
     def _drop_pending(self, pending: _Pending, error: Exception) -> None:
         """Forget a partial job and free what it reserved (caller holds the condition)."""
@@ -340,22 +372,28 @@ class JobManager:
         self._cond.notify_all()
         log.warning("partial job %r dropped: %s", pending.name, error)
 
-    def _admission(self, job: Job, rank: int) -> Admission:
+    def _admission(self, job: Job, rank: int, lease: float) -> Admission:
         t = self.topology
-        return Admission(job, rank, t.mac, t.addr, t.agg_port, self.lease_seconds)
+        return Admission(job, rank, t.mac, t.addr, t.agg_port, lease, self.switch_generation)
+
+    @property
+    def switch_generation(self) -> int:
+        """The switch's pipeline generation now: a change since a job's join means the switch lost its rounds."""
+        return self._switch_generation()
 
     # --- running jobs ----------------------------------------------------------------------------------------
 
-    def heartbeat(self, name: str, rank: int) -> None:
-        """Renew the rank's lease."""
+    def heartbeat(self, name: str, rank: int, owner: str = "") -> float:
+        """Renew the rank's lease; returns the lease granted to it."""
         with self._cond:
-            active = self._get_active(name, rank)
+            active = self._get_active(name, rank, owner, "send heartbeats for")
             active.last_seen[rank] = self._clock()
+            return active.leases[rank]
 
-    def leave(self, name: str, rank: int) -> int:
+    def leave(self, name: str, rank: int, owner: str = "") -> int:
         """Mark the rank as gone; tears the job down when every rank left. Returns the ranks still in the job."""
         with self._cond:
-            active = self._get_active(name, rank)
+            active = self._get_active(name, rank, owner, "leave")
             active.left.add(rank)
             remaining = active.job.world_size - len(active.left)
             if remaining == 0:
@@ -364,10 +402,15 @@ class JobManager:
             self._teardown(active.job, "every rank left")
         return remaining
 
-    def _get_active(self, name: str, rank: int) -> _Active:
+    def _get_active(self, name: str, rank: int, owner: str, action: str) -> _Active:
         active = self._active.get(name)
         if active is None:
+            pending = self._pending.get(name)
+            if pending is not None and pending.owner != owner:
+                raise NotJobOwner(name, rank, action)
             raise UnknownJob(name, self._ended.get(name, "it was never admitted or is still joining"))
+        if active.owner != owner:
+            raise NotJobOwner(name, rank, action)
         if not 0 <= rank < active.job.world_size:
             raise UnknownRank(name, rank, active.job.world_size)
         return active
@@ -381,12 +424,12 @@ class JobManager:
                 silent = [
                     (now - seen, r)
                     for r, seen in active.last_seen.items()
-                    if r not in active.left and now - seen > self.lease_seconds
+                    if r not in active.left and now - seen > active.leases[r]
                 ]
                 if silent:
                     age, rank = max(silent)
                     del self._active[name]
-                    why = f"rank {rank} was silent for {age:.1f} s (lease {self.lease_seconds:g} s)"
+                    why = f"rank {rank} was silent for {age:.1f} s (lease {active.leases[rank]:g} s)"
                     expired.append((active.job, why))
         for job, reason in expired:
             self._teardown(job, reason)
@@ -422,7 +465,8 @@ class JobManager:
         """Start the background thread that expires silent jobs."""
         if self._reaper is not None:
             return
-        interval = max(0.02, min(1.0, self.lease_seconds / 4))
+        # Often enough for the shortest lease a join may ask for; a pass over the jobs is cheap.
+        interval = max(0.02, min(MIN_LEASE_SECONDS, self.lease_seconds) / 4)
 
         def run() -> None:
             while not self._stop.wait(interval):
@@ -446,13 +490,18 @@ class JobManager:
         with self._cond:
             return [a.job for a in self._active.values()]
 
-    def describe(self) -> list[dict[str, Any]]:
-        """JSON view of every active and joining job."""
+    def describe(self, viewer: str | None = None) -> list[dict[str, Any]]:
+        """JSON view of every active and joining job.
+
+        ``viewer`` is the credential asking (None: in-process, sees everything): the workers' addresses and ports
+        of a job created with another credential are left out.
+        """
         now = self._clock()
         out: list[dict[str, Any]] = []
         with self._cond:
             for active in self._active.values():
                 job = active.job
+                mine = viewer is None or viewer == active.owner
                 out.append({
                     "job": job.name,
                     "state": "active",
@@ -465,11 +514,10 @@ class JobManager:
                     "workers": [
                         {
                             "rank": w.rank,
-                            "addr": w.addr,
-                            "port": w.udp_port,
-                            "switch_port": w.switch_port,
+                            **({"addr": w.addr, "port": w.udp_port, "switch_port": w.switch_port} if mine else {}),
                             "left": w.rank in active.left,
                             "silent_seconds": round(now - active.last_seen[w.rank], 3),
+                            "lease_seconds": active.leases[w.rank],
                         }
                         for w in job.workers
                     ],

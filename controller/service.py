@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from netagg import artifacts
 
 from .api import ApiServer
+from .auth import Tenant, TokenFileError, default_token_file, load_or_create_token, read_token
 from .epochs import EpochCounter
+from .errors import ConfigError
 from .jobs import JobManager
 from .stats import StatsReader
 from .switch import SwitchConnection
@@ -32,8 +35,12 @@ class Controller:
         bmv2_json: Path = DEFAULT_BMV2_JSON,
         api_address: tuple[str, int] = ("127.0.0.1", 9590),
         lease_seconds: float | None = None,
+        token_file: Path | None = None,
+        tenants: Sequence[Tenant] | None = None,
     ) -> None:
+        """``tenants``: the job API's credentials; by default read from the token files (``load_tenants``)."""
         self.topology = topology
+        self.tenants = list(tenants) if tenants is not None else load_tenants(topology, token_file)
         # One counter: the job manager takes epochs from it, the switch layer tells it of every pipeline push.
         epochs = EpochCounter()
         self.switch = SwitchConnection(topology, p4info, bmv2_json, epochs=epochs)
@@ -45,6 +52,7 @@ class Controller:
             epochs=epochs,
             on_admitted=self.stats.mark_start,
             on_teardown=self.stats.mark_end,
+            switch_generation=lambda: self.switch.pipeline_generation,
         )
         self._api_address = api_address
         self.api: ApiServer | None = None
@@ -53,7 +61,7 @@ class Controller:
         """Program the switch, then open the API (no job is admitted before the switch is ready)."""
         self.switch.start(connect_timeout)
         try:
-            self.api = ApiServer(self._api_address, self.jobs, self.stats.collect)
+            self.api = ApiServer(self._api_address, self.jobs, self.stats.collect, tenants=self.tenants)
         except OSError as ex:
             self.switch.stop()
             raise OSError(f"cannot listen on {self._api_address[0]}:{self._api_address[1]}: {ex.strerror}") from None
@@ -69,3 +77,19 @@ class Controller:
             self.api.server_close()
             self.api = None
         self.switch.stop()
+
+
+def load_tenants(topology: Topology, token_file: Path | None = None) -> list[Tenant]:
+    """The job API's credentials: the token file (``token_file``, else the config's, else the default), created
+    with a new random token when missing, then every tenant token file of the config (which must exist)."""
+    path = token_file or topology.token_file or default_token_file()
+    try:
+        token, created = load_or_create_token(path)
+        tenants = [Tenant(str(path), token)]
+        for extra in topology.tenant_token_files:
+            tenants.append(Tenant(str(extra), read_token(extra)))
+    except TokenFileError as ex:
+        raise ConfigError(str(ex)) from None
+    log.info("job API credential: %s token file %s%s", "new" if created else "the", path,
+             f" and {len(tenants) - 1} tenant token file(s)" if len(tenants) > 1 else "")
+    return tenants

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from finsy import (
+    GRPCCredentialsTLS,
     GRPCStatusCode,
     P4Client,
     P4ClientError,
@@ -169,6 +170,29 @@ class _PushWatch:
         return self._path.read_bytes()
 
 
+def tls_credentials(topology: Topology) -> GRPCCredentialsTLS | None:
+    """The P4Runtime channel's TLS credentials from the config's [switch] tls_* files (None: plain TCP).
+
+    The files are read now, so that a missing one is a ConfigError naming it, not a connection that never comes up.
+    """
+    if topology.tls_ca is None:
+        return None
+
+    def read(path: Path | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as ex:
+            raise ConfigError(f"[switch] {what}: cannot read {path}: {ex.strerror}") from None
+
+    return GRPCCredentialsTLS(
+        cacert=read(topology.tls_ca, "tls_ca"),
+        cert=read(topology.tls_cert, "tls_cert"),
+        private_key=read(topology.tls_key, "tls_key"),
+    )
+
+
 class SwitchConnection:
     """A programmed P4Runtime switch; implements the application layer's ``JobProgrammer``.
 
@@ -192,6 +216,7 @@ class SwitchConnection:
             if not path.is_file():
                 raise ConfigError(f"pipeline artifact {path} does not exist")
         self._name = name
+        self._credentials = tls_credentials(topology)
         self._call_timeout = call_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -235,6 +260,7 @@ class SwitchConnection:
             p4blob=self._push_watch,
             device_id=self.topology.device_id,
             initial_election_id=self.topology.election_id,
+            channel_credentials=self._credentials,
         )
         deadline = time.monotonic() + timeout
         # A one-off session that always pushes the pipeline: the switch may still hold registers written under
@@ -263,7 +289,7 @@ class SwitchConnection:
         Raises SwitchUnavailable when the switch does not answer (worth retrying), SwitchError when it refuses.
         """
         topo = self.topology
-        client = P4Client(topo.address, wait_for_ready=False)
+        client = P4Client(topo.address, self._credentials, wait_for_ready=False)
         await client.open(schema=schema)
         try:
             election_id = U128.encode(topo.election_id)

@@ -1,4 +1,4 @@
-"""The topology/config file (TOML): the switch, its ports, the hosts, loss settings, pool and lease policy.
+"""The topology/config file (TOML): the switch, its ports, the hosts, loss settings, pool, lease and credentials.
 
 The format is documented in docs/controller.md; ``controller/examples/`` holds examples.
 """
@@ -10,7 +10,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,15 @@ class Topology:
     pool_slots: int = POOL_SLOTS
     default_slots: int = DEFAULT_DEFAULT_SLOTS
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: The job API's token file (created at start when missing); None: ``auth.default_token_file()``.
+    token_file: Path | None = None
+    #: Token files of further tenants (each must exist); each tenant's jobs are its own.
+    tenant_token_files: tuple[Path, ...] = ()
+    #: P4Runtime over TLS: the CA that signed the switch's certificate, and this controller's client certificate
+    #: and key (for a switch that requires client certificates). None: plain TCP.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     hosts_by_addr: dict[str, Host] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,17 +93,39 @@ def load_topology(path: str | Path) -> Topology:
         raise ConfigError(f"cannot read config {path}: {ex.strerror}") from None
     except tomllib.TOMLDecodeError as ex:
         raise ConfigError(f"config {path} is not valid TOML: {ex}") from None
+    except UnicodeDecodeError as ex:  # tomllib decodes the whole file first; this is not a TOMLDecodeError
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {ex.start} cannot be decoded)") from None
     try:
-        return parse_topology(data)
+        topology = parse_topology(data)
     except ConfigError as ex:
         raise ConfigError(f"config {path}: {ex}") from None
+    # Files named in the config are relative to the config file's folder.
+    base = path.parent
+
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None else base / p.expanduser()
+
+    return replace(
+        topology,
+        token_file=resolve(topology.token_file),
+        tenant_token_files=tuple(base / p.expanduser() for p in topology.tenant_token_files),
+        tls_ca=resolve(topology.tls_ca),
+        tls_cert=resolve(topology.tls_cert),
+        tls_key=resolve(topology.tls_key),
+    )
 
 
 def parse_topology(data: Mapping[str, Any]) -> Topology:
     """Validate the parsed TOML document."""
-    _known(data, "top level", {"switch", "hosts", "loss", "pool", "jobs"})
+    _known(data, "top level", {"switch", "hosts", "loss", "pool", "jobs", "api"})
     sw = _table(data, "switch", required=True)
-    _known(sw, "[switch]", {"address", "device_id", "election_id", "mac", "addr", "ports", "udp_mode", "agg_port"})
+    _known(sw, "[switch]", {"address", "device_id", "election_id", "mac", "addr", "ports", "udp_mode", "agg_port",
+                            "tls_ca", "tls_cert", "tls_key"})
+    tls_ca, tls_cert, tls_key = (_path(sw, "[switch]", key) for key in ("tls_ca", "tls_cert", "tls_key"))
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("[switch] tls_cert and tls_key go together (the client certificate and its key)")
+    if tls_cert is not None and tls_ca is None:
+        raise ConfigError("[switch] tls_cert needs tls_ca (the CA that signed the switch's certificate)")
     udp_mode = _get(sw, "[switch]", "udp_mode", bool, False)
     address = _get(sw, "[switch]", "address", str)
     device_id = _get(sw, "[switch]", "device_id", int, 1)
@@ -182,6 +213,14 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
     if not math.isfinite(lease) or lease <= 0:  # TOML has nan and inf; a NaN lease would never expire a job
         raise ConfigError(f"[jobs] lease_seconds = {lease} must be a finite number of seconds > 0")
 
+    api = _table(data, "api")
+    _known(api, "[api]", {"token_file", "tenant_token_files"})
+    token_file = _path(api, "[api]", "token_file")
+    tenant_files = _get(api, "[api]", "tenant_token_files", list, [])
+    for f in tenant_files:
+        if not isinstance(f, str) or not f:
+            raise ConfigError(f"[api] tenant_token_files: {f!r} is not a file name")
+
     return Topology(
         address=address,
         device_id=device_id,
@@ -196,6 +235,11 @@ def parse_topology(data: Mapping[str, Any]) -> Topology:
         pool_slots=pool_slots,
         default_slots=default_slots,
         lease_seconds=lease,
+        token_file=token_file,
+        tenant_token_files=tuple(Path(f) for f in tenant_files),
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 
@@ -212,6 +256,15 @@ def _get(table: Mapping[str, Any], where: str, key: str, kind: type | tuple[type
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where}: '{key}' = {value!r} has the wrong type")
     return value
+
+
+def _path(table: Mapping[str, Any], where: str, key: str) -> Path | None:
+    value = _get(table, where, key, str, None)
+    if value is None:
+        return None
+    if not value:
+        raise ConfigError(f"{where}: '{key}' must name a file")
+    return Path(value)
 
 
 def _table(data: Mapping[str, Any], key: str, required: bool = False) -> Mapping[str, Any]:

@@ -8,6 +8,8 @@
 * ``JoinError``: the controller refused or could not be reached when joining.
 * ``JobLostError``: the controller dropped the job while the client was joined (e.g. heartbeats stopped reaching
   it for a whole lease); the client is broken afterwards, as after a timeout.
+* ``SwitchRestartedError``: the switch restarted while the client was joined (its registers, and so the job's
+  rounds in flight, are gone); every in-flight and later all-reduce fails with it. Leave and join again.
 * ``CollectiveMismatchError``: the ranks did not issue the same collective at the same point of the stream (the
   switch flagged the round MISMATCH); fix the program so every rank issues the same all-reduces in the same order.
 * ``CollectiveAbortedError``: a rank gave up on the collective (a local error there, such as bad input); its own
@@ -58,6 +60,24 @@ class AgentBrokenError(AgentClosedError):
         super().__init__(
             "this client's job is unusable: an earlier all-reduce failed and the ranks' streams can no longer be "
             f"kept in step (leave and join again on every rank): {cause}"
+        )
+
+
+class SwitchRestartedError(JobLostError, AgentBrokenError):
+    """The switch restarted during the job: rounds some ranks had finished can never complete; join again.
+
+    The controller reports a new switch generation (it re-pushed the pipeline, which zeroes every register) in
+    its heartbeat answers; ``joined`` and ``now`` are the generations at the join and now.
+    """
+
+    def __init__(self, *, job: str, rank: int, joined: int, now: int) -> None:
+        self.job, self.rank, self.joined, self.now = job, rank, joined, now
+        self.cause = None
+        AgentClosedError.__init__(
+            self,
+            f"the switch restarted during job {job!r} (rank {rank}; switch generation {joined} at the join, now "
+            f"{now}): its registers were zeroed, so all-reduces in flight cannot complete and the job's stream "
+            "cannot continue. Leave and join again on every rank.",
         )
 
 

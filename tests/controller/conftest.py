@@ -331,3 +331,14 @@ def make_topo() -> Any:
 @pytest.fixture
 def fake_switch_class() -> type[FakeP4Runtime]:
     return FakeP4Runtime
+
+
+@pytest.fixture(autouse=True)
+def own_credentials(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test reads or writes the user's token file, or takes a credential from the caller's environment: the
+    default token file lives under a temporary XDG_CONFIG_HOME (children started by the test inherit it)."""
+    config = tmp_path_factory.mktemp("xdg-config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.delenv("NETAGG_TOKEN", raising=False)
+    monkeypatch.delenv("NETAGG_TOKEN_FILE", raising=False)
+    return config / "netagg" / "controller.token"

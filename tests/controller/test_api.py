@@ -17,6 +17,7 @@ import pytest
 
 from netagg.constants import NUM_DROP_REASONS, NUM_JOB_STATS, DropReason, JobStat
 from netagg.controller.api import ApiServer
+from netagg.controller.auth import Tenant
 from netagg.controller.client import ControllerClient, ControllerClientError, ControllerUnreachable, JoinResult
 from netagg.controller.epochs import MAX_EPOCH
 from netagg.controller.jobs import Job, JobManager
@@ -51,15 +52,24 @@ class Counters:
         return {i: table.get(i, (0, 0)) for i in indices}
 
 
+#: The job API credentials of the tests: two tenants.
+TOKEN, OTHER_TOKEN = "token-of-tenant-a", "token-of-tenant-b"
+
+
 class Service:
     def __init__(self, topology, lease: float | None = None, request_timeout: float = 30.0) -> None:
         self.recorder = Recorder()
         self.counters = Counters()
+        self.generation = 1  # the switch's pipeline generation, as the switch layer would report it
         stats = StatsReader(self.counters)
-        self.manager = JobManager(topology, self.recorder, lease_seconds=lease, on_admitted=stats.mark_start)
-        self.server = ApiServer(("127.0.0.1", 0), self.manager, stats.collect, request_timeout=request_timeout)
+        self.manager = JobManager(topology, self.recorder, lease_seconds=lease, on_admitted=stats.mark_start,
+                                  switch_generation=lambda: self.generation)
+        self.server = ApiServer(("127.0.0.1", 0), self.manager, stats.collect, request_timeout=request_timeout,
+                                tenants=[Tenant("a", TOKEN), Tenant("b", OTHER_TOKEN)])
         self.server.start()
-        self.client = ControllerClient(self.server.url.removeprefix("http://"), timeout=5)
+        self.address = self.server.url.removeprefix("http://")
+        self.client = ControllerClient(self.address, timeout=5, token=TOKEN)
+        self.other = ControllerClient(self.address, timeout=5, token=OTHER_TOKEN)  # another tenant
 
     def close(self) -> None:
         self.manager.stop_reaper()
@@ -145,7 +155,8 @@ def test_errors_carry_type_and_message(service: Service) -> None:
 
 def test_malformed_requests(service: Service) -> None:
     def post(path: str, data: bytes) -> tuple[int, dict[str, Any]]:
-        request = urllib.request.Request(service.server.url + path, data=data, method="POST")
+        request = urllib.request.Request(service.server.url + path, data=data, method="POST",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 return response.status, json.loads(response.read())
@@ -227,7 +238,7 @@ def test_stats_per_job_and_switch(service: Service) -> None:
 
 
 def test_unreachable_controller_is_a_clear_error() -> None:
-    client = ControllerClient("127.0.0.1:1", timeout=2)
+    client = ControllerClient("127.0.0.1:1", timeout=2, token=TOKEN)
     with pytest.raises(ControllerUnreachable, match="127.0.0.1:1"):
         client.jobs()
 
@@ -281,7 +292,8 @@ def read_answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
     return int(head.split()[1]), json.loads(body)
 
 
-JOIN = (b"POST /v1/jobs/join HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\n")
+JOIN = (b"POST /v1/jobs/join HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\n")
 
 
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])

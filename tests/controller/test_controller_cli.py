@@ -22,9 +22,10 @@ pytestmark = pytest.mark.loopback
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ("run", ["--config", "--api-addr", "--p4info", "--bmv2-json", "--connect-timeout", "--lease", "--log-level"]),
-        ("stats", ["--api-addr", "--job", "--json"]),
-        ("jobs", ["--api-addr", "--json"]),
+        ("run", ["--config", "--api-addr", "--p4info", "--bmv2-json", "--connect-timeout", "--lease", "--log-level",
+                 "--token-file"]),
+        ("stats", ["--api-addr", "--job", "--json", "--token-file"]),
+        ("jobs", ["--api-addr", "--json", "--token-file"]),
     ],
 )
 def test_help_names_every_option(capsys: pytest.CaptureFixture[str], command: str, options: list[str]) -> None:
@@ -46,9 +47,41 @@ def test_run_refuses_seconds_that_are_not_positive_and_finite(capsys: pytest.Cap
     assert f"argument {option}: {value!r} is not a finite number of seconds > 0" in capsys.readouterr().err
 
 
-def test_query_without_controller_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_without_controller_fails_clearly(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                               ) -> None:
+    monkeypatch.setenv("NETAGG_TOKEN", "some-token")
     assert main(["jobs", "--api-addr", "127.0.0.1:1"]) == 1
     assert "ControllerUnreachable" in capsys.readouterr().err
+
+
+def test_query_without_credential_names_the_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.token"
+    assert main(["stats", "--api-addr", "127.0.0.1:1", "--token-file", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"token file {missing} does not exist" in err
+
+
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_file(capsys: pytest.CaptureFixture[str],
+                                                                tmp_path: Path) -> None:
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('[switch]\naddress = "127.0.0.1:1"\n# caf\u00e9\n'.encode("latin-1"))
+    assert main(["run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"config {config} is not UTF-8 text" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_a_bad_lease_in_the_config_is_one_line_naming_file_and_key(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path, value: str) -> None:
+    config = tmp_path / "lease.toml"
+    config.write_text(f'[switch]\naddress = "127.0.0.1:1"\nudp_mode = true\nagg_port = 9\n\n'
+                      f"[jobs]\nlease_seconds = {value}\n")
+    assert main(["run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"config {config}: [jobs] lease_seconds" in err and "finite number of seconds > 0" in err
 
 
 def free_port() -> int:
@@ -58,7 +91,7 @@ def free_port() -> int:
 
 
 def test_run_serves_and_stops_on_sigterm(fake_switch, schema, pipeline, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "topology.toml"
     config.write_text(f"""
 [switch]
@@ -74,17 +107,19 @@ addr = "10.0.0.1"
 port = 1
 """)
     api = f"127.0.0.1:{free_port()}"
+    token_file = tmp_path / "secrets" / "api.token"
     proc = subprocess.Popen(
         [sys.executable, "-m", "netagg.controller.cli", "run", "--config", str(config), "--api-addr", api,
-         "--p4info", str(pipeline[0]), "--bmv2-json", str(pipeline[1]), "--connect-timeout", "20"],
+         "--p4info", str(pipeline[0]), "--bmv2-json", str(pipeline[1]), "--connect-timeout", "20",
+         "--token-file", str(token_file)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        client = ControllerClient(api, timeout=2)
         deadline = time.monotonic() + 30
         tick = threading.Event()
         while True:
             try:
+                client = ControllerClient(api, timeout=2, token_file=token_file)
                 client.jobs()
                 break
             except ControllerClientError:
@@ -95,6 +130,15 @@ port = 1
         assert joined.job_id == 0
         fake_switch.set_counter(schema, "job_stats", 0, 5, 500)
 
+        # The controller created its token file, readable by its owner only.
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert main(["jobs", "--api-addr", api]) == 1  # no credential found: nothing is sent
+        assert "CredentialError" in capsys.readouterr().err
+        monkeypatch.setenv("NETAGG_TOKEN", "not-the-token")
+        assert main(["jobs", "--api-addr", api]) == 1  # a wrong one: refused
+        assert "Unauthorized: the credential sent is not valid" in capsys.readouterr().err
+        monkeypatch.delenv("NETAGG_TOKEN")
+        monkeypatch.setenv("NETAGG_TOKEN_FILE", str(token_file))
         assert main(["jobs", "--api-addr", api]) == 0
         out = capsys.readouterr().out
         assert "cli: active, id 0, 1 workers, 32 lanes" in out and "rank 0: 10.0.0.1:7000" in out

@@ -7,6 +7,7 @@ the software switch is a child process started (and killed) by PID.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +23,9 @@ import pytest
 
 from netagg import artifacts
 from netagg.constants import MsgType
+from netagg.controller.auth import Tenant
 from netagg.controller.client import ControllerClient, JoinResult
+from netagg.controller.errors import ConfigError, SwitchUnavailable
 from netagg.controller.service import Controller
 from netagg.controller.topology import parse_topology
 from netagg.wire import AggHeader, decode, encode, size_for_lanes
@@ -30,6 +33,7 @@ from netagg.wire import AggHeader, decode, encode, size_for_lanes
 pytestmark = pytest.mark.loopback
 
 P4INFO, BMV2_JSON = artifacts.P4INFO, artifacts.BMV2_JSON
+TOKEN = "loopback-test-token"
 
 if not (P4INFO.is_file() and BMV2_JSON.is_file()):
     pytest.skip("the compiled pipeline (p4/v1model/build/) is not committed yet; the software switch needs its P4Info",
@@ -54,15 +58,15 @@ def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class SoftSwitchProcess:
     """netagg-softswitch in UDP mode, as a child process this test owns."""
 
-    def __init__(self, grpc_port: int, udp_port: int, log: Path) -> None:
-        self.grpc_port, self.udp_port, self.log = grpc_port, udp_port, log
+    def __init__(self, grpc_port: int, udp_port: int, log: Path, args: tuple[str, ...] = ()) -> None:
+        self.grpc_port, self.udp_port, self.log, self.args = grpc_port, udp_port, log, args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "netagg.softswitch.cli", "--grpc-server-addr", f"127.0.0.1:{self.grpc_port}",
-                 "--udp", f"127.0.0.1:{self.udp_port}", "--log-level", "warning"],
+                 "--udp", f"127.0.0.1:{self.udp_port}", "--log-level", "warning", *self.args],
                 stdout=out, stderr=out,
             )
 
@@ -95,21 +99,24 @@ class Worker:
 
 
 @contextlib.contextmanager
-def running(tmp_path: Path, loss: list[dict[str, float]] | None = None
-            ) -> Iterator[tuple[SoftSwitchProcess, Controller, ControllerClient]]:
+def running(tmp_path: Path, loss: list[dict[str, float]] | None = None, tls: dict[str, str] | None = None,
+            switch_args: tuple[str, ...] = ()) -> Iterator[tuple[SoftSwitchProcess, Controller, ControllerClient]]:
     """A software switch child process and an in-process controller driving it, with its API client."""
-    switch = SoftSwitchProcess(free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), tmp_path / "switch.log")
+    switch = SoftSwitchProcess(free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), tmp_path / "switch.log",
+                               switch_args)
     switch.start()
     topology = parse_topology({
-        "switch": {"address": f"127.0.0.1:{switch.grpc_port}", "udp_mode": True, "agg_port": switch.udp_port},
+        "switch": {"address": f"127.0.0.1:{switch.grpc_port}", "udp_mode": True, "agg_port": switch.udp_port,
+                   **(tls or {})},
         "pool": {"slots": 64, "default_job_slots": 8},
         "loss": loss or [],
     })
-    controller = Controller(topology, p4info=P4INFO, bmv2_json=BMV2_JSON, api_address=("127.0.0.1", 0))
+    controller = Controller(topology, p4info=P4INFO, bmv2_json=BMV2_JSON, api_address=("127.0.0.1", 0),
+                            tenants=[Tenant("test", TOKEN)])
     try:
         controller.start(connect_timeout=30)
         assert controller.api is not None
-        yield switch, controller, ControllerClient(controller.api.url, timeout=10)
+        yield switch, controller, ControllerClient(controller.api.url, timeout=10, token=TOKEN)
     finally:
         controller.stop()
         switch.kill()
@@ -236,3 +243,60 @@ def test_loss_settings_reach_the_drop_simulator(tmp_path: Path) -> None:
         poll(lambda: client.stats("lossy")["jobs"]["lossy"]["drops"]["simulated_loss"]["packets"] == 2, 10,
              "both UPDATEs to be dropped by the drop simulator")
         assert client.stats("lossy")["jobs"]["lossy"]["aggregated"]["packets"] == 0
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate, made for this test."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian package openssl): cannot make test certificates")
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=netagg test CA",
+             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))  # fmt: skip
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=netagg test {name}",
+                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
+                 str(d / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"),
+                 "-out", str(d / f"{name}.pem"))  # fmt: skip
+    return d
+
+
+def test_the_controller_programs_a_switch_over_mutual_tls(tmp_path: Path, pki: Path) -> None:
+    switch_tls = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+                  "--tls-client-ca", str(pki / "ca.pem"))
+    tls = {"tls_ca": str(pki / "ca.pem"), "tls_cert": str(pki / "client.pem"), "tls_key": str(pki / "client.key")}
+    with running(tmp_path, tls=tls, switch_args=switch_tls) as (_, controller, client):
+        assert controller.switch.is_ready
+        workers = join_job(client, "private", 2, 32)
+        aggregate(workers, range(3))
+
+
+def test_a_controller_without_a_client_certificate_is_refused_by_a_mutual_tls_switch(tmp_path: Path,
+                                                                                     pki: Path) -> None:
+    switch = SoftSwitchProcess(free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), tmp_path / "switch.log",
+                               ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+                                "--tls-client-ca", str(pki / "ca.pem")))
+    switch.start()
+    try:
+        for tls in ({}, {"tls_ca": str(pki / "ca.pem")}):  # plain TCP; TLS without a client certificate
+            topology = parse_topology({"switch": {"address": f"127.0.0.1:{switch.grpc_port}", "udp_mode": True,
+                                                  "agg_port": switch.udp_port, **tls}})
+            controller = Controller(topology, p4info=P4INFO, bmv2_json=BMV2_JSON, api_address=("127.0.0.1", 0),
+                                    tenants=[Tenant("test", TOKEN)])
+            with pytest.raises(SwitchUnavailable):
+                controller.start(connect_timeout=2)
+    finally:
+        switch.kill()
+
+
+def test_a_missing_tls_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    topology = parse_topology({"switch": {"address": "127.0.0.1:1", "udp_mode": True, "agg_port": 9,
+                                          "tls_ca": str(tmp_path / "nowhere.pem")}})
+    with pytest.raises(ConfigError, match=f"tls_ca: cannot read {tmp_path / 'nowhere.pem'}"):
+        Controller(topology, p4info=P4INFO, bmv2_json=BMV2_JSON, tenants=[Tenant("test", TOKEN)])

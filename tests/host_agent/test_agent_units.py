@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
+from netagg.controller.client import BadJoinAnswer
 from netagg.host_agent.collective import Collective, RecentOps
 from netagg.host_agent.errors import (
     AgentBrokenError,
@@ -14,12 +13,11 @@ from netagg.host_agent.errors import (
     AllReduceTimeout,
     CollectiveAbortedError,
     CollectiveMismatchError,
-    JoinError,
 )
 from netagg.host_agent.session import JoinResult
 from netagg.host_agent.staging import join_int32, split_int32, stage
 from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
-from netagg.wire import EXP_MIN, WireError
+from netagg.wire import EXP_MIN
 
 pytestmark = pytest.mark.unit
 
@@ -36,32 +34,21 @@ ANSWER = {
 }
 
 
-def test_join_answer_from_mapping_and_object() -> None:
-    session = JoinResult.from_answer(ANSWER, job="train", rank=1)
+def test_join_answer_from_json() -> None:
+    session = JoinResult.from_json(ANSWER, job="train", rank=1)
     assert (session.job_id, session.worker_id, session.size_code, session.slots) == (3, 1, 2, 32)
     assert session.switch.addr == "10.0.0.254" and session.lease_seconds == 10.0
+    assert session.switch_generation is None  # a controller that does not say: not watched
+    assert JoinResult.from_json({**ANSWER, "switch_generation": 4}, job="train", rank=1).switch_generation == 4
 
-    @dataclass
-    class Sw:
-        mac: str
-        addr: str
-        port: int
 
-    @dataclass
-    class Answer:
-        job_id: int
-        worker_id: int
-        world_size: int
-        lanes: int
-        slots: int
-        epoch: int
-        switch: Sw
-        key: int
+def test_one_join_result_for_the_controller_client_and_the_agent() -> None:
+    import netagg.controller.client as controller_client
+    import netagg.host_agent.session as session
 
-    obj = Answer(3, 1, 4, 128, 32, 9, Sw("02:00:00:00:00:01", "10.0.0.254", 48864), 0xC0FFEE11)
-    assert JoinResult.from_answer(obj, job="train", rank=1) == JoinResult.from_answer(
-        {k: v for k, v in ANSWER.items() if k != "lease_seconds"}, job="train", rank=1
-    )
+    assert session.JoinResult is controller_client.JoinResult
+    assert session.SwitchEndpoint is controller_client.SwitchEndpoint
+    assert not hasattr(session.JoinResult, "from_answer")  # no getter accepting a mapping or an object
 
 
 @pytest.mark.parametrize(
@@ -69,21 +56,23 @@ def test_join_answer_from_mapping_and_object() -> None:
     [({"lanes": 100}, "100 lanes"), ({"worker_id": 4}, "worker id 4"), ({"job_id": 300}, "job id 300")],
 )
 def test_join_answer_out_of_range(change: dict, message: str) -> None:
-    with pytest.raises((JoinError, WireError), match=message):
-        JoinResult.from_answer({**ANSWER, **change}, job="train", rank=1)
+    with pytest.raises(BadJoinAnswer, match=message):
+        JoinResult.from_json({**ANSWER, **change}, job="train", rank=1)
 
 
 def test_join_answer_missing_field() -> None:
-    with pytest.raises(JoinError, match="malformed.*epoch"):
-        JoinResult.from_answer({k: v for k, v in ANSWER.items() if k != "epoch"}, job="train", rank=1)
+    with pytest.raises(BadJoinAnswer, match="malformed.*epoch"):
+        JoinResult.from_json({k: v for k, v in ANSWER.items() if k != "epoch"}, job="train", rank=1)
 
 
-def test_join_answer_key_is_required_and_32_bits() -> None:
-    assert JoinResult.from_answer(ANSWER, job="train", rank=1).key == 0xC0FFEE11
-    with pytest.raises(JoinError, match="malformed.*'key'.*older than wire format v2"):
-        JoinResult.from_answer({k: v for k, v in ANSWER.items() if k != "key"}, job="train", rank=1)
-    with pytest.raises(JoinError, match="key of job 'train' rank 1 does not fit"):
-        JoinResult.from_answer({**ANSWER, "key": 1 << 32}, job="train", rank=1)
+def test_join_answer_key_is_required_and_32_bits_and_never_shown() -> None:
+    session = JoinResult.from_json(ANSWER, job="train", rank=1)
+    assert session.key == 0xC0FFEE11
+    assert str(0xC0FFEE11) not in repr(session) and "c0ffee11" not in repr(session).lower()
+    with pytest.raises(BadJoinAnswer, match="malformed.*'key'.*older than wire format v2"):
+        JoinResult.from_json({k: v for k, v in ANSWER.items() if k != "key"}, job="train", rank=1)
+    with pytest.raises(BadJoinAnswer, match="key of job 'train' rank 1 does not fit"):
+        JoinResult.from_json({**ANSWER, "key": 1 << 32}, job="train", rank=1)
 
 
 def test_rtt_estimator_follows_samples_and_backs_off() -> None:
@@ -107,21 +96,31 @@ def test_rto_config_validation() -> None:
 
 def test_deadline_heap_pops_in_order_and_drops_stale_entries() -> None:
     heap = DeadlineHeap()
-    heap.push(3.0, 1, 0)
-    heap.push(1.0, 0, 0)
-    heap.push(2.0, 2, 5)
+    heap.push(3.0, np.array([1]), np.array([0]))
+    heap.push(1.0, np.array([0]), np.array([0]))
+    heap.push(2.0, np.array([2]), np.array([5]))
     assert heap.next_deadline() == 1.0
-    assert heap.pop_expired(2.5) == [(0, 0), (2, 5)]
-    generations = [0, 1, 0]  # slot 1 moved on: its entry is stale
+    slots, gens = heap.pop_expired(2.5)
+    assert slots.tolist() == [0, 2] and gens.tolist() == [0, 5]
+    generations = np.array([0, 1, 0])  # slot 1 moved on: its entry is stale
     heap.discard_stale(generations)
     assert heap.next_deadline() is None and len(heap) == 0
+
+
+def test_deadline_heap_keeps_the_live_slots_of_a_burst() -> None:
+    heap = DeadlineHeap()
+    heap.push(1.0, np.array([4, 5, 6]), np.array([2, 2, 2]))  # one entry for a burst of three slots
+    heap.discard_stale(np.array([0, 0, 0, 0, 3, 2, 3]))  # slots 4 and 6 got their RESULT
+    assert heap.next_deadline() == 1.0 and len(heap) == 1
+    slots, gens = heap.pop_expired(1.0)
+    assert slots.tolist() == [5] and gens.tolist() == [2]
 
 
 def test_staging_pads_the_last_block_and_finds_exponents() -> None:
     x = np.array([0.75, -3.0, 0.0], dtype=np.float32)
     staged, _ = stage(x, lanes=32, inplace=True)
-    assert staged.blocks.shape == (1, 32) and staged.count == 3
-    assert np.all(staged.blocks[0, 3:] == 0)
+    assert staged.num_blocks == 1 and staged.count == 3
+    assert np.all(staged.block(0)[3:] == 0) and staged.block(0)[:3].tolist() == [0.75, -3.0, 0.0]
     assert staged.exps.tolist() == [2]  # 3.0 < 2**2
     zeros, _ = stage(np.zeros(70, np.float32), lanes=32, inplace=True)
     assert zeros.exps.tolist() == [EXP_MIN] * 3
@@ -130,8 +129,8 @@ def test_staging_pads_the_last_block_and_finds_exponents() -> None:
 def test_staging_int32_travels_as_two_lanes_per_element() -> None:
     staged, _ = stage(np.array([5, -7, 2**30 + 5, -(2**31)], np.int32), lanes=32, inplace=False)
     assert staged.exact and staged.exps.tolist() == [0] and staged.encoding == "int32x2"
-    assert staged.blocks[0, :8].tolist() == [5, 0, 0xFFF9, -1, 5, 2**14, 0, -(2**15)]  # (low, high) pairs
-    assert np.all(staged.blocks[0, 8:] == 0)
+    assert staged.block(0)[:8].tolist() == [5, 0, 0xFFF9, -1, 5, 2**14, 0, -(2**15)]  # (low, high) pairs
+    assert np.all(staged.block(0)[8:] == 0)
     assert stage(np.zeros(17, np.int32), lanes=32, inplace=False)[0].num_blocks == 2  # 34 lanes
 
 
