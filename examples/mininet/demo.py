@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from .commands import NetworkError, run_in
 from .network import DemoNetwork
-from .processes import Managed, ProcessError, ProcessSet, listening_tcp_ports, wait_for
+from .processes import Managed, ProcessError, ProcessSet, listens, wait_for
 from .progress import HostState, JobCounters, ProgressLine
 from .reference import digest, reference_result
 from .signals import install_handlers, interrupts_ignored
@@ -87,6 +87,9 @@ class Demo:
         self.target_name = ""
         self.switch_cls: type[TargetSwitch] | None = None
         self._stats_offset = 0
+        #: The job API's credential: the controller creates this file (mode 0600) and every host reads it (the
+        #: hosts share the file system, not the network namespace). Set at bring-up, in the log folder.
+        self.token_file = Path()
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -156,6 +159,7 @@ class Demo:
         )
         config = log_dir / "controller.toml"
         config.write_text(controller_config(topo, opts.loss))
+        self.token_file = log_dir / "controller.token"
         controller = net.procs.start(
             net.switch,
             "controller",
@@ -166,11 +170,13 @@ class Demo:
                 str(config),
                 "--api-addr",
                 f"0.0.0.0:{API_PORT}",
+                "--token-file",
+                str(self.token_file),
             ],
         )
         wait_for(
             "the controller to push the pipeline and open its job API",
-            lambda: API_PORT in listening_tcp_ports(controller.pid),
+            lambda: listens(controller.pid, API_PORT),
             CONTROLLER_START_S,
             controller,
         )
@@ -212,6 +218,8 @@ class Demo:
             entry_point("netagg-agent"),
             "--controller",
             f"{spec.mgmt_gateway}:{API_PORT}",
+            "--token-file",
+            str(self.token_file),
             "--job",
             JOB_NAME,
             "--world-size",
@@ -255,6 +263,7 @@ class Demo:
                 "--interval",
                 str(POLL_INTERVAL_S),
             ],
+            env=dict(os.environ, NETAGG_TOKEN_FILE=str(self.token_file)),
             cwd=REPO_ROOT,
         )
 
@@ -266,7 +275,7 @@ class Demo:
         )  # one untimed all-reduce, then the timed ones
         self.say(
             f"job: {len(topo.hosts)} ranks all-reduce {opts.size} bytes of seeded float32 data "
-            f"({opts.iterations} timed + 1 checked), {opts.lanes} lanes per packet, window "
+            f"(1 untimed + {opts.iterations} timed, every result checked), {opts.lanes} lanes per packet, window "
             + (str(self._window()) if self._window() is not None else "the agent's default")
             + (f" ({self.target_name}'s default here)" if opts.window is None and self._window() else "")
         )
@@ -329,7 +338,8 @@ class Demo:
         assert net.switch is not None
         done = run_in(
             net.switch,
-            [entry_point("netagg-controller"), "stats", "--json", "--api-addr", f"127.0.0.1:{API_PORT}"],
+            [entry_point("netagg-controller"), "stats", "--json", "--api-addr", f"127.0.0.1:{API_PORT}",
+             "--token-file", str(self.token_file)],
             30,
         )
         if done.returncode != 0:
@@ -432,6 +442,7 @@ class Demo:
                 MASTER_ADDR=first.ipv4,
                 MASTER_PORT=str(TRAIN_MASTER_PORT),
                 NETAGG_CONTROLLER=f"{spec.mgmt_gateway}:{API_PORT}",
+                NETAGG_TOKEN_FILE=str(self.token_file),
                 NETAGG_BIND=spec.ipv4,
                 # Gloo (the backend's fallback for non-sum collectives) would pick the address the host name
                 # resolves to, 127.0.0.1 in every namespace; the data interface is the one the ranks share.

@@ -158,9 +158,16 @@ def wait_for(
         time.sleep(interval)
 
 
-def listening_tcp_ports(pid: int) -> set[int]:
-    """TCP ports in LISTEN state in the network namespace of process ``pid`` (read from /proc, no setns)."""
-    ports: set[int] = set()
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds a TCP socket listening on ``port`` (read from /proc, no setns).
+
+    The listening sockets of the process's network namespace (``/proc/PID/net/tcp``, ``tcp6``) count only when
+    the process holds them (``/proc/PID/fd``). Whether the port merely listens in the process's namespace says
+    nothing right after ``Node.popen``: the process is then usually still ``mnexec`` in the demo's own namespace,
+    before it enters the node's (194 of 200 starts, measured), and another server on the machine listening on
+    the same port there would pass for it.
+    """
+    listening: set[str] = set()
     for name in ("tcp", "tcp6"):
         try:
             text = Path(f"/proc/{pid}/net/{name}").read_text()
@@ -168,6 +175,20 @@ def listening_tcp_ports(pid: int) -> set[int]:
             continue
         for line in text.splitlines()[1:]:
             fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+            # fields: sl, local address:port (hex), remote, state (0A: LISTEN), ..., inode (the 10th)
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                listening.add(fields[9])
+    if not listening:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:[") and target[len("socket:[") : -1] in listening:
+            return True
+    return False

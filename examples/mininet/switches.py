@@ -16,7 +16,7 @@ from typing import Any
 from mininet.node import Switch
 
 from .commands import check_in
-from .processes import Managed, ProcessError, ProcessSet, listening_tcp_ports, wait_for
+from .processes import Managed, ProcessError, ProcessSet, listens, wait_for
 from .topology import GRPC_PORT
 
 #: How long a target gets to open its P4Runtime port.
@@ -80,7 +80,7 @@ class TargetSwitch(Switch):
         process = self.process
         wait_for(
             f"{self.target} to listen for P4Runtime on port {GRPC_PORT}",
-            lambda: GRPC_PORT in listening_tcp_ports(process.pid),
+            lambda: listens(process.pid, GRPC_PORT),
             START_TIMEOUT_S,
             process,
         )

@@ -9,11 +9,14 @@ namespace may hold one, and no interface with the demo's names may have appeared
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from examples.mininet.topology import API_PORT, GRPC_PORT
 
 pytestmark = pytest.mark.netns
 
@@ -136,6 +141,38 @@ def test_demo_trains_the_ddp_example_over_the_softswitch() -> None:
     assert re.search(r"^  h1: \[netagg\] final test accuracy [\d.]+% on \d+ samples$", out, re.MULTILINE), out
     assert re.search(r"^train: done in ", out, re.MULTILINE)
     assert "teardown: stopped" in out and "problems:" not in out
+
+
+@contextlib.contextmanager
+def _ports_held_here(*ports: int) -> Iterator[None]:
+    """Listen on ``ports`` of 127.0.0.1 in this (the demo's own) namespace, as another switch and controller on
+    the machine would; a port that some other process already holds is busy all the same."""
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            sock.listen()
+        yield
+
+
+@needs_mininet
+@pytest.mark.parametrize("target", TARGETS)
+def test_demo_works_while_its_default_ports_are_busy_outside_its_namespaces(target: str) -> None:
+    # The switch's P4Runtime port and the controller's job API port are taken in the namespace the demo runs in.
+    # Its own processes run in the switch node's namespace; the demo must wait for them, not take the other
+    # servers for them. Without the ping check nothing else gives the controller time to start: the agents
+    # found no job API and every host failed with ControllerUnreachable.
+    with _ports_held_here(GRPC_PORT, API_PORT):
+        done = run_demo(target, "--hosts", "2", "--size", "16384", "--iterations", "1", "--no-ping", "--timeout", "60")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "ControllerUnreachable" not in out
+    assert RESULT_OK.search(out), out
 
 
 @needs_mininet

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 # The demo is not part of the installed distribution: import it from the repository root (`python -m pytest`).
+import examples.mininet.__main__ as demo_cli
 from examples.mininet import reference
 from examples.mininet import topology as mininet_demo
 from examples.mininet.progress import HostState, JobCounters, ProgressLine
 from netagg.constants import DropReason, JobStat
 from netagg.controller.topology import load_topology
 from netagg.host_agent import quantize as q
-from netagg.host_agent.cli import rank_data
+from netagg.host_agent.cli import memory_needed, rank_data
 
 pytestmark = pytest.mark.unit
 
@@ -122,3 +123,51 @@ def test_progress_line_clamps_and_names_every_host() -> None:
     assert line.render(3.0, finished, JobCounters(completed=20)) == (
         "progress: [   3.0 s] finished (20 chunks summed by the last poll) | h1:done h2:failed"
     )
+
+
+# -- the demo's options: a bad value is one line naming the option, exit status 2, before anything is built ----
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--bw", "nan", "finite"),  # nan and inf were accepted
+        ("--bw", "inf", "finite"),
+        ("--timeout", "nan", "finite"),
+        ("--timeout", "0", "> 0"),
+        ("--seed", "-1", "0..4294967295"),  # was accepted, then the switch refused it
+        ("--size", "2", "at least 4"),
+        ("--size", "10", "multiple of 4"),  # the agents silently all-reduced 8 bytes
+        ("--size", "10000000000000", "memory"),
+        ("--window", "0", "1..1024"),
+        ("--window", "5000", "1..1024"),  # was accepted, then every agent failed
+        ("--hosts", "33", "1..32"),
+        ("--loss", "x", "[0, 1)"),
+        ("--iterations", "0", "at least 1"),
+        ("--epochs", "0", "at least 1"),
+    ],
+)
+def test_demo_rejects_a_bad_value_in_one_line_naming_the_option(
+    option: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        demo_cli.main([option, value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("python -m examples.mininet: error:")]
+    assert len(errors) == 1 and option in errors[0] and says in errors[0], err
+
+
+def test_demo_size_check_counts_every_host(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every host runs an agent with --check on this machine: the memory check is for all of them."""
+    size = 64 << 20
+    per_host = memory_needed(size, "float32", check=True)
+    monkeypatch.setattr(demo_cli, "available_memory", lambda: 8 * per_host)
+    with pytest.raises(SystemExit) as exited:
+        demo_cli.main(["--hosts", "9", "--size", str(size)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --size" in err and "9 hosts" in err and "memory" in err, err
+    assert demo_cli.memory_check(8, size) is None  # 8 hosts fit
