@@ -32,8 +32,8 @@ EXTENSIONS = [
     ),
     Extension(
         "netagg.softswitch._native",
-        sources=["softswitch/native/module.c", "softswitch/native/kernel.c"],
-        depends=["softswitch/native/kernel.h"],
+        sources=["softswitch/native/module.c", "softswitch/native/kernel.c", "softswitch/native/io.c"],
+        depends=["softswitch/native/kernel.h", "softswitch/native/io.h"],
         extra_compile_args=COMPILE_ARGS,
     ),
 ]

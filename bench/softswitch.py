@@ -1,7 +1,11 @@
-"""Software switch packets/s for 4 workers, as ratios to a bare AF_PACKET echo and to BMv2 in the same run.
+"""Software switch packets/s for 4 workers, as ratios to bare echo loops and to BMv2 in the same run.
 
-The softswitch runs twice, on its native data path and on the Python reference (``softswitch-python``).
-Goals: >= 1.5x the bare echo's aggregated packets/s, >= 4x BMv2's. Needs root (namespaces, veth, AF_PACKET).
+The softswitch runs twice, on its native data path and on the Python reference (``softswitch-python``). The
+baselines: ``echo``, a bare Python AF_PACKET echo (bench/echo.py), and ``c-echo``, a bare C loop on the same
+ports (bench/c_echo.c: recvmmsg / sendmmsg, compiled with gcc into a temporary folder), the machine's limit.
+Goals: >= 1.5x the Python echo's aggregated packets/s, >= 0.5x the C echo's, >= 4x BMv2's. Every run is printed;
+the ratios are computed per round (targets measured one after the other) and given as median and range.
+Needs root (namespaces, veth, AF_PACKET).
 
 Workload: the target (echo, softswitch, BMv2) runs in a namespace of its own behind 4 veth ports; this process
 is the generator on the other ends. It sends pre-built UPDATE frames for 4 workers (one per port, each its own
@@ -16,10 +20,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import platform
 import select
 import shutil
 import socket
+import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -301,14 +308,39 @@ def process_cpu(pid: int) -> float:
 
 
 @contextmanager
-def _echo_target(namespace: str, netns_util: ModuleType) -> Iterator[int]:
-    proc = ReadyProcess(
-        netns_util.in_namespace(namespace, [sys.executable, "-m", "bench.echo", "afpacket"]), "AF_PACKET echo"
-    )
+def _echo_target(namespace: str, netns_util: ModuleType, argv: list[str]) -> Iterator[int]:
+    proc = ReadyProcess(netns_util.in_namespace(namespace, argv), "AF_PACKET echo")
     try:
         yield proc.pid  # `ip netns exec` execs the program: this is the echo's own PID
     finally:
         proc.stop()
+
+
+def compile_c_echo(workdir: Path) -> Path:
+    """bench/c_echo.c compiled into ``workdir``; RuntimeError naming the compiler's complaint."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise RuntimeError("c-echo: gcc not found (Debian package gcc)")
+    binary = workdir / "c_echo"
+    done = subprocess.run(
+        [gcc, "-O2", "-o", str(binary), str(REPO / "bench" / "c_echo.c")], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"c-echo: gcc failed: {done.stderr.strip()}")
+    return binary
+
+
+def machine() -> str:
+    """CPU model, cores and kernel, for the report."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def _start_target(
@@ -316,8 +348,13 @@ def _start_target(
 ) -> tuple[int, object | None]:
     """Start ``name`` in ``topology``'s namespace (cleanup pushed on ``stack``); (its PID, its P4Runtime session)."""
     netns_util, targets, program, p4rt = mods
-    if name == "echo":
-        pid = stack.enter_context(_echo_target(topology.namespace, netns_util))  # type: ignore[attr-defined]
+    if name in ("echo", "c-echo"):
+        argv = (
+            [sys.executable, "-m", "bench.echo", "afpacket"]
+            if name == "echo"
+            else [str(compile_c_echo(workdir)), "afpacket"]
+        )
+        pid = stack.enter_context(_echo_target(topology.namespace, netns_util, argv))  # type: ignore[attr-defined]
         return pid, None
     target_name, _, datapath = name.partition("-")  # softswitch-python: the reference data path
     target = targets.Target(target_name)
@@ -345,8 +382,10 @@ def _start_target(
     return proc.pid, session
 
 
-def measure(lane_counts: list[int], window: int, seconds: float, repeat: int, with_bmv2: bool) -> list[Figures]:
-    """Best of ``repeat`` runs of every target at every lane count.
+def measure(
+    lane_counts: list[int], window: int, seconds: float, repeat: int, with_bmv2: bool
+) -> dict[tuple[str, int], list[Figures]]:
+    """``repeat`` runs of every target at every lane count, in round order.
 
     Every target runs at once, each in a namespace of its own (an idle target blocks in the kernel), and the
     generator visits them in turn, ``repeat`` times: a load spike from elsewhere on the machine then hits one
@@ -354,10 +393,10 @@ def measure(lane_counts: list[int], window: int, seconds: float, repeat: int, wi
     """
     mods = conformance()
     netns_util, _, program, _ = mods
-    names = ["echo", "softswitch", "softswitch-python"] + (["bmv2"] if with_bmv2 else [])
-    tags = {"echo": "be", "softswitch": "bs", "softswitch-python": "bp", "bmv2": "bb"}
+    names = TARGETS + (["bmv2"] if with_bmv2 else [])
+    tags = {"echo": "be", "c-echo": "bc", "softswitch": "bs", "softswitch-python": "bp", "bmv2": "bb"}
     port_numbers = list(range(1, NUM_WORKERS + 1))
-    best: dict[tuple[str, int], Figures] = {}
+    runs: dict[tuple[str, int], list[Figures]] = {}
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="netagg-bench-"))
         stack.callback(shutil.rmtree, workdir, True)
@@ -395,10 +434,17 @@ def measure(lane_counts: list[int], window: int, seconds: float, repeat: int, wi
                     f"{name} {figures.target_cpu:.2f}",
                     flush=True,
                 )
-                key = (name, lanes)
-                if key not in best or figures.pps > best[key].pps:
-                    best[key] = figures
-    return [best[(name, lanes)] for name in names for lanes in lane_counts]
+                runs.setdefault((name, lanes), []).append(figures)
+    return runs
+
+
+#: The targets every run measures (BMv2 joins when present).
+TARGETS = ["echo", "c-echo", "softswitch", "softswitch-python"]
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """Median and range of ``values``."""
+    return f"{statistics.median(values):.{digits}f} (range {min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def run(
@@ -423,34 +469,52 @@ def run(
         raise SystemExit(f"bmv2: {bmv2_reason}")
     with_bmv2 = bmv2 != "no" and bmv2_reason is None
     print(
-        f"measuring ({NUM_WORKERS} workers, window {window} slots, best of {repeat} x {seconds:g} s)",
+        f"measuring ({NUM_WORKERS} workers, window {window} slots, {repeat} rounds of {seconds:g} s per target)",
         flush=True,
     )
-    figures = measure(lane_counts, window, seconds, repeat, with_bmv2)
-    by = {(f.target, f.lanes): f for f in figures}
+    load_before = os.getloadavg()
+    runs = measure(lane_counts, window, seconds, repeat, with_bmv2)
+    figures = [max(fs, key=lambda f: f.pps) for fs in runs.values()]
     rows: list[tuple[str, str]] = []
-    for f in figures:
+    for (name, lanes), fs in runs.items():
+        best = max(fs, key=lambda f: f.pps)
         rows.append(
             (
-                f"{f.target}, {f.lanes} lanes",
+                f"{name}, {lanes} lanes",
                 (
-                    f"{f.pps:>10,.0f} RESULTs/s  ({f.pps / NUM_WORKERS:,.0f} rounds/s, "
-                    f"{f.pps * LANE_BYTES * f.lanes / 1e6:.1f} MB/s of lanes)  loss {f.loss:.2%}, "
-                    f"unanswered {f.unanswered}, ignored {f.ignored}; CPU: generator {f.generator_cpu:.2f}, "
-                    f"target {f.target_cpu:.2f}"
+                    f"{spread([f.pps for f in fs], 0)} RESULTs/s over {len(fs)} runs; best: "
+                    f"{best.pps * LANE_BYTES * best.lanes / 1e6:.1f} MB/s of lanes, loss {best.loss:.2%}, "
+                    f"unanswered {best.unanswered}, ignored {best.ignored}; CPU: generator {best.generator_cpu:.2f}, "
+                    f"target {best.target_cpu:.2f}"
                 ),
             )
         )
+
+    def ratios(a: str, b: str, lanes: int) -> list[float]:
+        """``a`` / ``b`` per round (each pair measured one after the other)."""
+        return [x.pps / y.pps for x, y in zip(runs[(a, lanes)], runs[(b, lanes)], strict=True)]
+
     for lanes in lane_counts:
-        sw = by[("softswitch", lanes)]
-        rows.append((f"softswitch / echo, {lanes} lanes", f"{sw.pps / by[('echo', lanes)].pps:.3f}  (goal >= 1.5)"))
-        reference = by[("softswitch-python", lanes)]
-        rows.append((f"softswitch native / python, {lanes} lanes", f"{sw.pps / reference.pps:.2f}"))
-        if ("bmv2", lanes) in by:
-            rows.append((f"softswitch / BMv2, {lanes} lanes", f"{sw.pps / by[('bmv2', lanes)].pps:.2f}  (goal >= 4)"))
+        rows.append(
+            (f"softswitch / echo, {lanes} lanes", f"{spread(ratios('softswitch', 'echo', lanes))}  (goal >= 1.5)")
+        )
+        rows.append(
+            (f"softswitch / C echo, {lanes} lanes", f"{spread(ratios('softswitch', 'c-echo', lanes))}  (goal >= 0.5)")
+        )
+        rows.append(
+            (f"softswitch native / python, {lanes} lanes", spread(ratios("softswitch", "softswitch-python", lanes)))
+        )
+        rows.append((f"Python echo / C echo, {lanes} lanes", spread(ratios("echo", "c-echo", lanes))))
+        if ("bmv2", lanes) in runs:
+            rows.append(
+                (f"softswitch / BMv2, {lanes} lanes", f"{spread(ratios('softswitch', 'bmv2', lanes))}  (goal >= 4)")
+            )
     if not with_bmv2:
         rows.append(("BMv2", f"not measured: {bmv2_reason or 'disabled (--bmv2 no)'}"))
-    rows.append(("load average", " ".join(f"{x:.2f}" for x in os.getloadavg())))
+    rows.append(("machine", machine()))
+    rows.append(("load average", "before " + " ".join(f"{x:.2f}" for x in load_before) + ", after "
+                 + " ".join(f"{x:.2f}" for x in os.getloadavg())))  # fmt: skip
+
     report(f"softswitch aggregated packets/s, {NUM_WORKERS} workers on veth ports", rows)
     return figures
 
@@ -460,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lanes", type=int, nargs="+", default=[64, 256], help="lane counts (default 64 256)")
     parser.add_argument("--window", type=int, default=32, help="slots with a round in flight (default 32)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed window of one run (default 3)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per target and lane count; best counts (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per target and lane count (default 3)")
     parser.add_argument(
         "--bmv2",
         choices=["auto", "yes", "no"],

@@ -55,6 +55,14 @@ IPV4_HEADER_BYTES: Final = 20  # aggregation packets carry no IPv4 options
 UDP_HEADER_BYTES: Final = 8
 #: Offset of the aggregation header in an Ethernet frame.
 AGG_OFFSET: Final = ETH_HEADER_BYTES + IPV4_HEADER_BYTES + UDP_HEADER_BYTES
+#: ``struct`` codes of an IPv4 header without options: version/IHL, TOS, total length, id, flags/fragment offset,
+#: TTL, protocol, checksum, source, destination.
+IPV4_FORMAT: Final = "BBHHHBBHII"
+#: ``struct`` codes of a UDP header: source port, destination port, length, checksum.
+UDP_FORMAT: Final = "HHHH"
+#: The IPv4 and UDP headers in front of the aggregation header, packed or unpacked in one call.
+IPV4_UDP: Final = struct.Struct("!" + IPV4_FORMAT + UDP_FORMAT)
+assert IPV4_UDP.size == IPV4_HEADER_BYTES + UDP_HEADER_BYTES
 
 SLOT_MAX: Final = (1 << 15) - 1
 EXP_MIN: Final = -128

@@ -168,10 +168,12 @@ def _grpc_address(text: str) -> str:
 
 
 def _ports(args: argparse.Namespace, pipeline: Pipeline) -> PortIO:
+    # --datapath chooses the ports' I/O too (native: recvmmsg/sendmmsg in C); without it both follow the environment.
+    native = None if args.datapath is None else args.datapath == "native"
     if args.udp is not None:
-        return UdpPorts(args.udp, pipeline.agg_source)
+        return UdpPorts(args.udp, pipeline.agg_source, native=native)
     if args.interface:
-        return AfPacketPorts(dict(args.interface))
+        return AfPacketPorts(dict(args.interface), native=native)
     log.warning("no -i PORT@IFACE and no --udp: the switch has no ports and serves P4Runtime only")
     return NoPorts()
 

@@ -1,18 +1,19 @@
 """Packet I/O of the software switch: raw Ethernet ports (AF_PACKET) or one UDP endpoint.
 
-Both kinds expose the same small interface to the switch loop (``PortIO``): the file descriptors to poll,
-``receive(fd, handler)`` that drains one socket and hands each frame to the pipeline, ``send(port, frame)``, and
-``flush()``, which the loop calls after each batch to transmit what ``send()`` may have queued.
+Both kinds expose the same small interface to the switch loop (``PortIO``): the file descriptors to poll, and
+two ways to move frames. With ``native`` I/O (the default unless ``$NETAGG_DATAPATH`` is ``python``),
+``receive_burst(fd, burst)`` fills a whole burst with one recvmmsg and ``send_burst(out)`` sends one with
+sendmmsg calls, both in C (``softswitch/native/io.c``); ``pending_fds()`` names the sockets whose received frames
+did not all fit the last burst. Without it, ``receive(fd, handler)`` hands each frame to the loop and
+``send(port, frame)`` sends it, one Python call per frame (the reference, kept for the python data path).
 
-``AfPacketPorts`` binds one raw socket per ``PORT@IFACE``, like simple_switch_grpc's ``-i``. With ``tx_ring=True``
-each port also gets a transmit-only socket with a PACKET_TX_RING: ``send()`` then only queues a frame in the ring
-and ``flush()``, which the switch loop calls once per batch of received frames, transmits everything queued with
-one system call. It is off by default: on the machines measured so far, filling a ring frame from Python cost
-more than the send call it saves (docs/softswitch.md, "Performance design").
+``AfPacketPorts`` binds one raw socket per ``PORT@IFACE``, like simple_switch_grpc's ``-i``. Native sockets have
+PACKET_VNET_HDR on: a UDP GSO frame (a host's burst that crossed a veth as one frame) is split into its datagrams
+and checksums left to offload are completed. The Python path reads frames from a PACKET_RX_RING instead.
 
 ``UdpPorts`` makes the switch a UDP endpoint so that workers on one machine need neither root nor interfaces:
 each datagram is wrapped in synthesized Ethernet/IPv4/UDP headers as if it had arrived on switch port
-``UDP_PORT_NUMBER`` from its sender, and RESULT frames leaving on that port are sent back with ``sendto()``.
+``UDP_PORT_NUMBER`` from its sender, and RESULT frames leaving on that port are sent back as datagrams.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Self
 
-from netagg.constants import AGG_UDP_PORT, PORT_BITS
-from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, IPV4_HEADER_BYTES, UDP_HEADER_BYTES
+import numpy as np
 
-from .pipeline import OutBurst
+from netagg.constants import AGG_UDP_PORT, PORT_BITS
+from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, IPV4_HEADER_BYTES, IPV4_UDP, UDP_HEADER_BYTES
+
+from . import _native
+from .native_pipeline import DATAPATH_ENV
+from .pipeline import Burst, OutBurst
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +53,11 @@ PACKET_IGNORE_OUTGOING: Final = 23
 PACKET_OUTGOING: Final = 4
 PACKET_RX_RING: Final = 5
 PACKET_VERSION: Final = 10
-PACKET_TX_RING: Final = 13
-#: Frames of the transmit ring the kernel finds malformed are skipped instead of stopping the ring.
-PACKET_LOSS: Final = 14
-#: Each transmit ring frame starts with a struct virtio_net_hdr (see ``TxRing``).
+#: Every frame read or written on the socket is preceded by a struct virtio_net_hdr (GSO and checksum offload).
 PACKET_VNET_HDR: Final = 15
 TPACKET_V2: Final = 1
 #: tp_status bit: the frame belongs to user space (filled by the kernel, not yet handed back).
 TP_STATUS_USER: Final = 1
-#: Transmit ring tp_status values: free for user space; queued by user space for the next flush.
-TP_STATUS_AVAILABLE: Final = 0
-TP_STATUS_SEND_REQUEST: Final = 1
 SIOCGIFMTU: Final = 0x8921
 #: struct tpacket2_hdr up to tp_mac: tp_status, tp_len, tp_snaplen, tp_mac.
 _TPACKET2 = struct.Struct("IIIH")
@@ -68,15 +67,8 @@ _TPACKET2_PKTTYPE: Final = 32 + 10
 RX_RING_BYTES: Final = 4 << 20
 #: Ring frame bytes beyond the Ethernet frame: tpacket2 header, sockaddr_ll, alignment, a VLAN tag.
 _RING_FRAME_OVERHEAD: Final = 128
-#: Transmit ring bytes per port: 512 frames of 2 KiB, more than one receive batch can queue on a port.
-TX_RING_BYTES: Final = 1 << 20
-#: Where a transmit ring frame's data starts (TPACKET2_HDRLEN - sizeof(struct sockaddr_ll)).
-_TX_DATA_OFFSET: Final = 32
-#: struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (no offloads).
-_VNET_HDR = struct.Struct("=BBHHHH")
-#: Offset of the virtio_net_hdr's hdr_len in a transmit ring frame, in 16-bit words.
-_TX_HDR_LEN_HALF: Final = (_TX_DATA_OFFSET + 2) // 2
-_TX_FRAME_AT: Final = _TX_DATA_OFFSET + _VNET_HDR.size
+#: A struct virtio_net_hdr asking for nothing (no checksum to complete, no segmentation), for single sends.
+_NO_OFFLOAD: Final = bytes(10)
 
 #: The switch port number UDP-mode datagrams arrive on and RESULTs must leave by.
 UDP_PORT_NUMBER: Final = 1
@@ -89,7 +81,6 @@ RECV_BUFFER_BYTES: Final = 65536 + AGG_OFFSET
 RECV_BUDGET: Final = 64
 SOCKET_BUFFER_BYTES: Final = 4 << 20
 
-_IPV4_UDP = struct.Struct("!BBHHHBBHII" + "HHHH")
 _MAX_PORT: Final = (1 << PORT_BITS) - 1
 
 
@@ -107,12 +98,24 @@ class PortStats:
     tx_unroutable: int = 0
     #: Sends the kernel refused (full buffers, frame too big, no route).
     tx_errors: int = 0
-    #: Frames sent with a send call of their own because the transmit ring was still full after a flush.
-    tx_fallback: int = 0
+    #: Frames too large to receive whole (GRO/LRO on the switch's interface): dropped.
+    rx_truncated: int = 0
+    #: UDP GSO frames split into their datagrams (native I/O; the datagrams count in ``rx``).
+    rx_gso_split: int = 0
+    #: Segmentation-offload frames that cannot be split (TCP, malformed): dropped.
+    rx_unsplit: int = 0
+
+
+def native_io_default() -> bool:
+    """Whether ports use the compiled burst I/O when not told: unless ``$NETAGG_DATAPATH`` is ``python``."""
+    return (os.environ.get(DATAPATH_ENV) or "native").strip().lower() != "python"
 
 
 class PortIO:
     """The interface the switch loop drives; subclasses own the sockets."""
+
+    #: True when ``receive_burst`` moves whole bursts in C; the switch loop then never calls ``receive``.
+    native = False
 
     def __init__(self) -> None:
         self.stats = PortStats()
@@ -125,15 +128,20 @@ class PortIO:
         """Read up to ``budget`` frames from ``fd`` without blocking; return how many were handled."""
         raise NotImplementedError
 
-    def send(self, port: int, frame: bytes) -> None:
-        """Transmit ``frame`` on switch port ``port`` (or queue it until ``flush()``); failures are counted."""
+    def receive_burst(self, fd: int, burst: Burst) -> int:
+        """Native I/O: append the frames ready on ``fd`` to ``burst`` without blocking; how many."""
         raise NotImplementedError
 
-    def flush(self) -> None:
-        """Transmit the frames ``send()`` queued, in order; ports that send at once need not override it."""
+    def pending_fds(self) -> list[int]:
+        """Sockets with received frames that did not fit the last burst (serve them without waiting for poll)."""
+        return []
+
+    def send(self, port: int, frame: bytes) -> None:
+        """Transmit ``frame`` on switch port ``port``; failures are counted."""
+        raise NotImplementedError
 
     def send_burst(self, out: OutBurst) -> None:
-        """Transmit every frame of ``out`` (then its ``oversize`` frames), in order."""
+        """Transmit every frame of ``out`` (then its ``oversize`` frames), in order per port."""
         view = out.view
         send = self.send
         for offset, length, port in out.meta[: out.count].tolist():
@@ -236,132 +244,14 @@ class RxRing:
         self._map.close()
 
 
-class TxRing:
-    """A transmit-only socket with a PACKET_TX_RING (TPACKET_V2) on one interface.
-
-    ``put()`` copies a frame into the next ring frame and marks it for sending; ``flush()`` hands every marked
-    frame to the kernel with one ``send()``. The kernel walks the ring in order from its own position, so frames
-    are filled strictly in ring order and a frame that could not go is taken back at once (ring and kernel
-    then agree again on where the next frame goes).
-
-    Each ring frame starts with a virtio_net_hdr whose ``hdr_len`` is the whole frame: the kernel then copies
-    the frame into the packet instead of pointing the packet at the ring's pages. Without it a ring frame could
-    be reused while a receiver down the line (a socket that queued the packet, a tap) still reads from it.
-
-    The socket is bound with protocol 0, so it receives nothing; the port's receive socket is separate.
-    """
-
-    def __init__(self, iface: str, max_frame: int) -> None:
-        """Open the socket and its ring on ``iface``; ``max_frame`` is the largest Ethernet frame it takes."""
-        frame_size = 2048
-        while frame_size < max_frame + _TX_FRAME_AT:
-            frame_size *= 2
-        block_size = max(frame_size, mmap.PAGESIZE)
-        block_nr = max(1, TX_RING_BYTES // block_size)
-        self.frame_size = frame_size
-        self.frame_nr = block_nr * (block_size // frame_size)
-        self.max_frame = max_frame
-        self._map: mmap.mmap | None = None
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            self._sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            self._sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-            self._sock.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
-            request = struct.pack("IIII", block_size, block_nr, frame_size, self.frame_nr)
-            self._sock.setsockopt(SOL_PACKET, PACKET_TX_RING, request)
-            self._map = mmap.mmap(
-                self._sock.fileno(), block_size * block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
-            )
-            self._sock.bind((iface, 0))
-            self._sock.setblocking(False)
-        except BaseException:
-            if self._map is not None:
-                self._map.close()
-            self._sock.close()
-            raise
-        self._view = memoryview(self._map)
-        self._words = self._view.cast("I")  # tp_status of frame i is word i * frame_size / 4, tp_len the next
-        self._halves = self._view.cast("H")  # for the virtio_net_hdr's hdr_len
-        empty = _VNET_HDR.pack(0, 0, 0, 0, 0, 0)  # no checksum offload, no GSO
-        for i in range(self.frame_nr):
-            self._map[i * frame_size + _TX_DATA_OFFSET : i * frame_size + _TX_FRAME_AT] = empty
-        # Where each ring frame's Ethernet frame goes (one slice each, made once: slicing costs per frame).
-        self._slots = [
-            self._view[i * frame_size + _TX_FRAME_AT : (i + 1) * frame_size] for i in range(self.frame_nr)
-        ]
-        self._frame_words = frame_size >> 2
-        self._last = self.frame_nr - 1
-        self._head = 0  # the next frame to fill
-        self._queued = 0  # frames filled since the last flush (the oldest is _queued frames before _head)
-
-    def put(self, frame: bytes) -> bool:
-        """Queue ``frame`` in the next ring frame; False if that frame is still in the kernel's hands."""
-        i = self._head
-        words = self._words
-        word = i * self._frame_words
-        if words[word] != TP_STATUS_AVAILABLE:
-            return False
-        n = len(frame)
-        self._slots[i][:n] = frame
-        self._halves[(word << 1) + _TX_HDR_LEN_HALF] = n
-        words[word + 1] = _VNET_HDR.size + n  # tp_len
-        words[word] = TP_STATUS_SEND_REQUEST  # last: from here on the frame belongs to the kernel
-        self._head = i + 1 if i != self._last else 0
-        self._queued += 1
-        return True
-
-    def pending(self) -> bool:
-        return self._queued != 0
-
-    def flush(self) -> tuple[int, int]:
-        """Transmit the queued frames; (frames sent, frames dropped because the kernel refused them)."""
-        queued = self._queued
-        if not queued:
-            return 0, 0
-        try:
-            self._sock.send(b"", socket.MSG_DONTWAIT)
-            error = None
-        except OSError as exc:  # e.g. ENOBUFS, ENETDOWN: the frames not taken are dropped below
-            error = exc
-        words = self._words
-        frame_words = self.frame_size >> 2
-        last = self.frame_nr - 1
-        i = (self._head - queued) % self.frame_nr
-        sent = 0
-        while sent < queued and words[i * frame_words] != TP_STATUS_SEND_REQUEST:
-            sent += 1
-            i = i + 1 if i < last else 0
-        # The kernel stops at the first frame it could not send (full socket buffer, a send error) and leaves it
-        # and all after it queued; take them back so the next put() fills the frame the kernel looks at next.
-        self._head = i
-        self._queued = 0
-        dropped = queued - sent
-        for _ in range(dropped):
-            words[i * frame_words] = TP_STATUS_AVAILABLE
-            i = i + 1 if i < last else 0
-        if dropped and error is not None and error.errno not in (errno.EAGAIN, errno.ENOBUFS):
-            log.debug("transmit ring flush failed (%d frames dropped): %s", dropped, error)
-        return sent, dropped
-
-    def close(self) -> None:
-        for slot in self._slots:
-            slot.release()
-        self._halves.release()
-        self._words.release()
-        self._view.release()
-        if self._map is not None:
-            self._map.close()
-        self._sock.close()
-
-
 class AfPacketPorts(PortIO):
     """One raw AF_PACKET socket per switch port, bound to its interface.
 
-    ``tx_ring``: transmit through a PACKET_TX_RING per port where the kernel grants one (see the module's notes).
+    ``native`` (default: ``native_io_default()``): bursts move by recvmmsg / sendmmsg in C, and UDP GSO frames
+    are split; otherwise frames are read from a PACKET_RX_RING and sent one call each, in Python.
     """
 
-    def __init__(self, interfaces: dict[int, str], tx_ring: bool = False) -> None:
+    def __init__(self, interfaces: dict[int, str], native: bool | None = None) -> None:
         super().__init__()
         if not interfaces:
             raise ValueError("no interfaces given")
@@ -369,25 +259,28 @@ class AfPacketPorts(PortIO):
         duplicates = {i for i in ifaces if ifaces.count(i) > 1}
         if duplicates:
             raise ValueError(f"interfaces bound to more than one port: {sorted(duplicates)}")
+        self.native = native_io_default() if native is None else native
         self.interfaces = dict(interfaces)
         self._sockets: dict[int, socket.socket] = {}
         self._port_of_fd: dict[int, int] = {}
         self._filter_outgoing: dict[int, bool] = {}
         self._rings: dict[int, RxRing] = {}
-        self._tx_rings: dict[int, TxRing] = {}
-        self._want_tx_ring = tx_ring
+        self._receivers: dict[int, _native.Receiver] = {}
         #: The bound send() of each port's socket, looked up once (the per-frame path is a dict index and a call).
         self._send_of: dict[int, Callable[[bytes], int]] = {}
+        #: Native sends: the socket of every port number (-1: no such port), as the C code indexes it.
+        self._fd_of_port = np.full(max(self.interfaces) + 1, -1, dtype=np.int32)
         self._buffer = bytearray(RECV_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
+        self._warned: set[str] = set()
+        #: (GSO frames split, truncated, unsplit) of each native receiver as last folded into ``stats``.
+        self._seen: dict[int, tuple[int, int, int]] = {}
         try:
             for port, iface in sorted(self.interfaces.items()):
                 self._open(port, iface)
         except BaseException:
             self.close()
             raise
-        # The switch loop looks ``send`` up once: choose the path here instead of testing for rings per frame.
-        self.send = self._queue if self._tx_rings else self._send_now  # type: ignore[method-assign]
 
     def _open(self, port: int, iface: str) -> None:
         try:
@@ -397,7 +290,6 @@ class AfPacketPorts(PortIO):
         except PermissionError as exc:
             raise PortError(exc.errno, f"port {port}@{iface}: raw sockets need root or CAP_NET_RAW") from None
         ring = None
-        tx_ring = None
         try:
             try:
                 sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
@@ -407,7 +299,10 @@ class AfPacketPorts(PortIO):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
             mtu = self._mtu(sock, iface)
-            ring = self._open_ring(sock, port, iface, mtu, filter_outgoing)
+            if self.native:
+                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            else:
+                ring = self._open_ring(sock, port, iface, mtu, filter_outgoing)
             sock.bind((iface, ETH_P_ALL))
             # Promiscuous for as long as the socket lives: a switch port receives frames for any MAC.
             ifindex = socket.if_nametoindex(iface)
@@ -415,23 +310,21 @@ class AfPacketPorts(PortIO):
                 SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
             )
             sock.setblocking(False)
-            if self._want_tx_ring:
-                tx_ring = self._open_tx_ring(port, iface, mtu)
         except OSError as exc:
             if ring is not None:
                 ring.close()
-            if tx_ring is not None:
-                tx_ring.close()
             sock.close()
             raise PortError(exc.errno, f"port {port}@{iface}: {exc.strerror or exc}") from None
+        fd = sock.fileno()
         self._sockets[port] = sock
         self._send_of[port] = sock.send
-        self._port_of_fd[sock.fileno()] = port
-        self._filter_outgoing[sock.fileno()] = filter_outgoing
+        self._port_of_fd[fd] = port
+        self._filter_outgoing[fd] = filter_outgoing
+        self._fd_of_port[port] = fd
         if ring is not None:
-            self._rings[sock.fileno()] = ring
-        if tx_ring is not None:
-            self._tx_rings[port] = tx_ring
+            self._rings[fd] = ring
+        if self.native:
+            self._receivers[fd] = _native.Receiver(fd, _native.IO_PACKET, port, filter_outgoing)
 
     @staticmethod
     def _mtu(sock: socket.socket, iface: str) -> int:
@@ -448,25 +341,49 @@ class AfPacketPorts(PortIO):
             log.warning("port %d@%s: no receive ring (%s); receiving frame by frame", port, iface, exc)
             return None
 
-    @staticmethod
-    def _open_tx_ring(port: int, iface: str, mtu: int) -> TxRing | None:
-        """A transmit ring for frames up to the MTU, or None (a send call per frame) if the kernel refuses one."""
-        try:
-            return TxRing(iface, mtu + ETH_HEADER_BYTES)
-        except (OSError, ValueError) as exc:
-            log.warning("port %d@%s: no transmit ring (%s); sending frame by frame", port, iface, exc)
-            return None
-
     def fds(self) -> list[int]:
         return list(self._port_of_fd)
 
     def ring_ports(self) -> list[int]:
-        """Ports served by a receive ring (the others receive frame by frame)."""
+        """Ports served by a receive ring (the others receive frame by frame or, natively, by recvmmsg)."""
         return sorted(self._port_of_fd[fd] for fd in self._rings)
 
-    def tx_ring_ports(self) -> list[int]:
-        """Ports served by a transmit ring (the others send frame by frame)."""
-        return sorted(self._tx_rings)
+    def receive_burst(self, fd: int, burst: Burst) -> int:
+        receiver = self._receivers[fd]
+        before = burst.count
+        burst.count, burst.used = receiver.receive(burst.buffer, burst.meta, before, burst.used, len(burst.meta))
+        got = burst.count - before
+        self.stats.rx += got
+        _, gso, truncated, unsplit, errors, last_error = receiver.stats()
+        if (gso, truncated, unsplit) != self._seen.get(fd, (0, 0, 0)):
+            self._account(fd, gso, truncated, unsplit)
+        if not got and errors:
+            log.debug("port %d: receive failed: %s", self._port_of_fd[fd], os.strerror(last_error))
+        return got
+
+    def _account(self, fd: int, gso: int, truncated: int, unsplit: int) -> None:
+        """Fold a receiver's new totals into ``stats``; warn once about frames it had to drop."""
+        old_gso, old_truncated, old_unsplit = self._seen.get(fd, (0, 0, 0))
+        self._seen[fd] = (gso, truncated, unsplit)
+        self.stats.rx_gso_split += gso - old_gso
+        self.stats.rx_truncated += truncated - old_truncated
+        self.stats.rx_unsplit += unsplit - old_unsplit
+        port = self._port_of_fd[fd]
+        if truncated > old_truncated:
+            self._warn_once("truncated", "port %d: a frame larger than 64 KiB was dropped; turn GRO/LRO off", port)
+        if unsplit > old_unsplit:
+            self._warn_once(
+                "unsplit", "port %d: a TCP segmentation offload frame was dropped; hosts sending through the "
+                "switch must turn TSO off (ethtool -K IFACE tso off)", port,
+            )  # fmt: skip
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def pending_fds(self) -> list[int]:
+        return [fd for fd, receiver in self._receivers.items() if receiver.pending()]
 
     def receive(self, fd: int, handler: FrameHandler, budget: int = RECV_BUDGET) -> int:
         port = self._port_of_fd[fd]
@@ -475,11 +392,12 @@ class AfPacketPorts(PortIO):
             handled = ring.receive(port, handler, budget)
             if not handled:
                 # Woken with an empty ring: a socket error (ENETDOWN after a link flap) wakes poll until it is
-                # read, and nothing else reads it on a port that sends nothing or sends through its ring.
+                # read, and nothing else reads it on a port that sends nothing.
                 error = self._sockets[port].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
                     log.debug("port %d: %s", port, os.strerror(error))
             self.stats.rx += handled
+            self.stats.rx_truncated = sum(r.truncated for r in self._rings.values())
             return handled
         sock = self._sockets[port]
         view = self._view
@@ -518,50 +436,39 @@ class AfPacketPorts(PortIO):
         return handled
 
     def send(self, port: int, frame: bytes) -> None:
-        (self._queue if self._tx_rings else self._send_now)(port, frame)  # replaced per instance in __init__
-
-    def _queue(self, port: int, frame: bytes) -> None:
-        """``send()`` with transmit rings: queue in the port's ring (or send at once, in order, if it cannot)."""
-        ring = self._tx_rings.get(port)
-        if ring is not None:
-            if ETH_HEADER_BYTES <= len(frame) <= ring.max_frame:
-                if ring.put(frame):
-                    return
-                self._flush_ring(ring)  # full: what the kernel has sent since the last flush is free again
-                if ring.put(frame):
-                    return
-                # Still full (the kernel holds every ring frame): send this one alone. The ring was just
-                # flushed, so it still leaves after every frame queued before it.
-                self.stats.tx_fallback += 1
-            else:
-                # A frame the ring does not take (the kernel would drop it silently there): the send call
-                # reports why, and the ring is flushed first to keep the order.
-                self._flush_ring(ring)
-        self._send_now(port, frame)
-
-    def flush(self) -> None:
-        for ring in self._tx_rings.values():
-            if ring.pending():
-                self._flush_ring(ring)
-
-    def _flush_ring(self, ring: TxRing) -> None:
-        sent, dropped = ring.flush()
-        self.stats.tx += sent
-        self.stats.tx_errors += dropped
-
-    def _send_now(self, port: int, frame: bytes) -> None:
-        """One send call on the port's receive socket (which has no transmit ring)."""
-        try:
-            self._send_of[port](frame)
-        except KeyError:
+        """One send call on the port's socket (with a virtio_net_hdr asking for nothing on native sockets)."""
+        sock = self._sockets.get(port)
+        if sock is None:
             self.stats.tx_unroutable += 1
             return
+        try:
+            if self.native:
+                sock.sendmsg([_NO_OFFLOAD, frame])
+            else:
+                self._send_of[port](frame)
         except OSError as exc:
             self.stats.tx_errors += 1
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
                 log.debug("port %d: send of %d bytes failed: %s", port, len(frame), exc)
             return
         self.stats.tx += 1
+
+    def send_burst(self, out: OutBurst) -> None:
+        if not self.native:
+            super().send_burst(out)
+            return
+        if out.count:
+            sent, errors, unroutable, last_error = _native.send_packet(
+                self._fd_of_port, out.buffer, out.meta, out.count
+            )
+            stats = self.stats
+            stats.tx += sent
+            stats.tx_errors += errors
+            stats.tx_unroutable += unroutable
+            if errors and last_error not in (errno.EAGAIN, errno.ENOBUFS):
+                log.debug("%d sends failed, the last with: %s", errors, os.strerror(last_error))
+        for port, frame in out.oversize:
+            self.send(port, frame)
 
     def describe(self) -> str:
         return "ports " + ", ".join(f"{p}@{i}" for p, i in sorted(self.interfaces.items()))
@@ -570,14 +477,13 @@ class AfPacketPorts(PortIO):
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()
-        for tx_ring in self._tx_rings.values():
-            tx_ring.close()
-        self._tx_rings.clear()
+        self._receivers.clear()  # before the sockets: a receiver reads its socket by number
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
         self._send_of.clear()
         self._port_of_fd.clear()
+        self._fd_of_port[:] = -1
 
 
 def parse_udp_address(text: str | None) -> tuple[str, int]:
@@ -599,10 +505,15 @@ AddressSource = Callable[[], "tuple[bytes, int] | None"]
 
 
 class UdpPorts(PortIO):
-    """The switch as a UDP endpoint: port ``UDP_PORT_NUMBER`` is the socket; no other port exists."""
+    """The switch as a UDP endpoint: port ``UDP_PORT_NUMBER`` is the socket; no other port exists.
 
-    def __init__(self, address: tuple[str, int], agg_address: AddressSource) -> None:
+    ``native`` (default: ``native_io_default()``): datagrams move by recvmmsg / sendmmsg in C, which writes the
+    same synthesized headers; otherwise one receive and one send call per datagram, in Python.
+    """
+
+    def __init__(self, address: tuple[str, int], agg_address: AddressSource, native: bool | None = None) -> None:
         super().__init__()
+        self.native = native_io_default() if native is None else native
         self._agg_address = agg_address
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -623,11 +534,50 @@ class UdpPorts(PortIO):
         self._addresses: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._current_agg: tuple[bytes, int] | None = None
+        self._fd = self._sock.fileno()
+        self._receiver = _native.Receiver(self._fd, _native.IO_UDP, UDP_PORT_NUMBER) if self.native else None
         self._set_destination((bytes(6), 0))
 
     def _set_destination(self, agg: tuple[bytes, int]) -> None:
         self._current_agg = agg
         self._buffer[0:6] = agg[0]
+        if self._receiver is not None:
+            self._receiver.set_framing(agg[0], agg[1], AGG_UDP_PORT)
+
+    def receive_burst(self, fd: int, burst: Burst) -> int:
+        receiver = self._receiver
+        assert receiver is not None, "receive_burst() needs native I/O"
+        agg = self._agg_address() or (bytes(6), 0)
+        if agg != self._current_agg:
+            self._set_destination(agg)
+        before = burst.count
+        burst.count, burst.used = receiver.receive(burst.buffer, burst.meta, before, burst.used, len(burst.meta))
+        got = burst.count - before
+        self.stats.rx += got
+        if not got:
+            errors, last_error = receiver.stats()[4:]
+            if errors:  # e.g. ECONNREFUSED from an earlier send's ICMP error: read, and so cleared
+                log.debug("UDP receive failed: %s", os.strerror(last_error))
+        return got
+
+    def pending_fds(self) -> list[int]:
+        return [self._fd] if self._receiver is not None and self._receiver.pending() else []
+
+    def send_burst(self, out: OutBurst) -> None:
+        if self._receiver is None:
+            super().send_burst(out)
+            return
+        if out.count:
+            sent, errors, unroutable, last_error = _native.send_udp(
+                self._fd, UDP_PORT_NUMBER, out.buffer, out.meta, out.count
+            )
+            self.stats.tx += sent
+            self.stats.tx_errors += errors
+            self.stats.tx_unroutable += unroutable
+            if errors:
+                log.debug("%d UDP sends failed, the last with: %s", errors, os.strerror(last_error))
+        for port, frame in out.oversize:
+            self.send(port, frame)
 
     def fds(self) -> list[int]:
         return [self._sock.fileno()]
@@ -636,7 +586,7 @@ class UdpPorts(PortIO):
         buffer = self._buffer
         view = self._view
         payload = self._payload
-        pack_into = _IPV4_UDP.pack_into
+        pack_into = IPV4_UDP.pack_into
         addresses = self._addresses
         recvfrom_into = self._sock.recvfrom_into
         agg = self._agg_address() or (bytes(6), 0)
@@ -693,4 +643,5 @@ class UdpPorts(PortIO):
         return f"UDP {self.address[0]}:{self.address[1]} as port {UDP_PORT_NUMBER}"
 
     def close(self) -> None:
+        self._receiver = None  # before the socket: the receiver reads it by number
         self._sock.close()

@@ -2,8 +2,9 @@
 
 ``SoftSwitch.start()`` opens nothing itself (the ports are opened by whoever builds them), starts the control
 plane server if there is one and then the data path thread, which polls the ports and runs the frames received
-on a port as one burst through the pipeline (``Pipeline.process_burst``). ``stop()`` wakes that thread, waits
-for it with a deadline and stops the server.
+on a port as one burst through the pipeline (``Pipeline.process_burst``). With native port I/O a burst comes in
+with one call (recvmmsg) and goes out with one call per port (sendmmsg). ``stop()`` wakes that thread, waits for
+it with a deadline and stops the server.
 """
 
 from __future__ import annotations
@@ -111,14 +112,17 @@ class SoftSwitch:
         for fd in self.ports.fds():
             poller.register(fd, select.POLLIN)
         poller.register(self._wake_read, select.POLLIN)
-        receive = self.ports.receive
-        send_burst = self.ports.send_burst
-        flush = self.ports.flush
+        ports = self.ports
+        native = ports.native
+        receive = ports.receive
+        receive_burst = ports.receive_burst
+        pending_fds = ports.pending_fds
+        send_burst = ports.send_burst
         process_burst = self.pipeline.process_burst
         wake = self._wake_read
-        # One burst per ready socket: the frames are copied into `burst` as the port hands them over, the
-        # pipeline runs them together (the native data path in one kernel call) and what it emits leaves as one
-        # output burst.
+        # One burst per ready socket: native ports fill `burst` with one call; Python ports hand frames over one
+        # by one and they are copied in. The pipeline runs them together (the native data path in one kernel call)
+        # and what it emits leaves as one output burst.
         burst = Burst()
         out = OutBurst()
 
@@ -135,20 +139,28 @@ class SoftSwitch:
                     single.append(ingress_port, frame)
                     process_burst(single, out, send_out)
 
+        pending: list[int] = []
         while not self._stopping.is_set():
-            for fd, events in poller.poll(POLL_TIMEOUT_MS):
+            # Frames already received but left over from a full burst are served without waiting.
+            ready: list[int] = []
+            for fd, events in poller.poll(0 if pending else POLL_TIMEOUT_MS):
                 if fd == wake:
                     continue  # stop() wrote to the pipe; the loop condition ends us
                 if events & select.POLLNVAL:
                     poller.unregister(fd)
                     log.error("port socket %d was closed under the data path; it is no longer served", fd)
                     continue
-                # POLLERR too: reading consumes the socket error (e.g. ENETDOWN while a link flaps).
+                ready.append(fd)
+            ready += [fd for fd in pending if fd not in ready]
+            for fd in ready:
                 burst.clear()
-                receive(fd, collect, BURST_FRAMES)
+                # POLLERR too: reading consumes the socket error (e.g. ENETDOWN while a link flaps).
+                if native:
+                    receive_burst(fd, burst)
+                else:
+                    receive(fd, collect, BURST_FRAMES)
                 if burst.count:
                     process_burst(burst, out, send_out)
                 if out.count or out.oversize:
                     send_out(out)
-            # Frames queued by the whole batch leave now, one system call per port with a transmit ring.
-            flush()
+            pending = pending_fds()

@@ -1,4 +1,4 @@
-/* netagg.softswitch._native: CPython glue for the burst kernel in kernel.c.
+/* netagg.softswitch._native: CPython glue for the burst kernel in kernel.c and the burst I/O in io.c.
  *
  * A Kernel holds the buffers of the registers, counters and decoded tables (numpy arrays that
  * softswitch/pipeline.py and softswitch/state.py own: the P4Runtime server reads the same memory), bound once per
@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "io.h"
 #include "kernel.h"
 
 enum { REGISTER_BUFFERS = 8, COUNTER_BUFFERS = 6, TABLE_BUFFERS = 9 };
@@ -271,16 +272,246 @@ static PyTypeObject KernelType = {
     .tp_methods = Kernel_methods,
 };
 
+/* ------------------------------------------------------------------------------------------ burst I/O */
+
+/* A burst's buffer and rows (int64 offset, length, port) with `count` frames in `used` bytes. */
+static int get_frames(PyObject *buf, PyObject *rows, Py_ssize_t count, Py_ssize_t used, bool writable,
+                      Py_buffer *bv, Py_buffer *rv, struct io_frames *f)
+{
+    if (PyObject_GetBuffer(buf, bv, PyBUF_SIMPLE | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (get_buffer(rows, rv, writable, 8, 0, "rows") < 0) {
+        PyBuffer_Release(bv);
+        return -1;
+    }
+    *f = (struct io_frames){.buf = bv->buf, .size = (size_t)bv->len, .used = (size_t)used, .rows = rv->buf,
+                            .capacity = ITEMS(rv, struct frame_ref), .count = (size_t)count};
+    if (count < 0 || used < 0 || f->count > f->capacity || f->used > f->size) {
+        PyErr_SetString(PyExc_ValueError, "count or used out of range");
+        PyBuffer_Release(rv);
+        PyBuffer_Release(bv);
+        return -1;
+    }
+    if (!writable) /* frames to send: every row must lie within the buffer */
+        for (size_t i = 0; i < f->count; i++) {
+            const struct frame_ref *r = &f->rows[i];
+            if (r->offset < 0 || r->length < 0 || (uint64_t)(r->offset + r->length) > f->size) {
+                PyErr_Format(PyExc_ValueError, "row %zu lies outside the buffer", i);
+                PyBuffer_Release(rv);
+                PyBuffer_Release(bv);
+                return -1;
+            }
+        }
+    return 0;
+}
+
+typedef struct {
+    PyObject_HEAD
+    struct rx_queue q;
+    struct udp_framing framing;
+    bool ready;
+} Receiver;
+
+static int Receiver_init(Receiver *self, PyObject *args, PyObject *kwds)
+{
+    int fd, mode, filter_outgoing = 0;
+    long long port;
+    static char *kwlist[] = {"fd", "mode", "port", "filter_outgoing", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiL|p", kwlist, &fd, &mode, &port, &filter_outgoing))
+        return -1;
+    if (mode != IO_PACKET && mode != IO_UDP) {
+        PyErr_Format(PyExc_ValueError, "mode %d: PACKET (%d) or UDP (%d)", mode, IO_PACKET, IO_UDP);
+        return -1;
+    }
+    if (self->ready)
+        rx_free(&self->q);
+    self->ready = false;
+    int err = rx_init(&self->q, fd, mode, port, filter_outgoing);
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->ready = true;
+    return 0;
+}
+
+static void Receiver_dealloc(Receiver *self)
+{
+    if (self->ready)
+        rx_free(&self->q);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(receive_doc, "receive(buf, rows, count, used, budget) -> (count, used)\n--\n\n"
+             "Append received frames to the burst (buf, int64 rows of offset, length, port) that holds `count`\n"
+             "frames in `used` bytes: the pending ones first, then those of one recvmmsg of at most `budget`.\n"
+             "Never blocks; receive errors are counted in stats().");
+
+static PyObject *Receiver_receive(Receiver *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "receive() takes 5 arguments");
+        return NULL;
+    }
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Receiver not initialized");
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[2]), used = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t budget = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer bv, rv;
+    struct io_frames f;
+    if (get_frames(args[0], args[1], count, used, true, &bv, &rv, &f) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rx_receive(&self->q, &f, budget > 0 ? (size_t)budget : 0, &self->framing);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&bv);
+    return Py_BuildValue("(nn)", (Py_ssize_t)f.count, (Py_ssize_t)f.used);
+}
+
+PyDoc_STRVAR(set_framing_doc, "set_framing(mac, addr, port)\n--\n\n"
+             "UDP mode: the destination MAC (6 bytes), IPv4 address and UDP port of synthesized headers.");
+
+static PyObject *Receiver_set_framing(Receiver *self, PyObject *args)
+{
+    Py_buffer mac;
+    unsigned long addr, port;
+    if (!PyArg_ParseTuple(args, "y*kk", &mac, &addr, &port))
+        return NULL;
+    if (mac.len != 6 || addr > 0xFFFFFFFFul || port > 0xFFFF) {
+        PyBuffer_Release(&mac);
+        PyErr_SetString(PyExc_ValueError, "set_framing(mac: 6 bytes, addr: uint32, port: uint16)");
+        return NULL;
+    }
+    memcpy(self->framing.mac, mac.buf, 6);
+    self->framing.addr = (uint32_t)addr;
+    self->framing.port = (uint32_t)port;
+    PyBuffer_Release(&mac);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Receiver_pending(Receiver *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->ready && rx_pending(&self->q));
+}
+
+static PyObject *Receiver_stats(Receiver *self, PyObject *Py_UNUSED(ignored))
+{
+    const struct rx_stats *s = &self->q.stats;
+    return Py_BuildValue("(KKKKKi)", (unsigned long long)s->frames, (unsigned long long)s->gso_frames,
+                         (unsigned long long)s->truncated, (unsigned long long)s->unsplit,
+                         (unsigned long long)s->errors, s->last_error);
+}
+
+static PyMethodDef Receiver_methods[] = {
+    {"receive", (PyCFunction)(void (*)(void))Receiver_receive, METH_FASTCALL, receive_doc},
+    {"set_framing", (PyCFunction)Receiver_set_framing, METH_VARARGS, set_framing_doc},
+    {"pending", (PyCFunction)Receiver_pending, METH_NOARGS, "Whether received frames wait for the next call."},
+    {"stats", (PyCFunction)Receiver_stats, METH_NOARGS,
+     "(frames, gso_frames, truncated, unsplit, errors, last_errno) so far."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "netagg.softswitch._native.Receiver",
+    .tp_doc = PyDoc_STR("Receiver(fd, mode, port, filter_outgoing=False): bursts from one socket by recvmmsg.\n"
+                        "PACKET mode needs PACKET_VNET_HDR on the socket; the socket must outlive the Receiver."),
+    .tp_basicsize = sizeof(Receiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Receiver_init,
+    .tp_dealloc = (destructor)Receiver_dealloc,
+    .tp_methods = Receiver_methods,
+};
+
+static PyObject *tx_result_tuple(const struct tx_result *r)
+{
+    return Py_BuildValue("(KKKi)", (unsigned long long)r->sent, (unsigned long long)r->errors,
+                         (unsigned long long)r->unroutable, r->last_error);
+}
+
+PyDoc_STRVAR(send_packet_doc, "send_packet(fds, buf, rows, count) -> (sent, errors, unroutable, last_errno)\n--\n\n"
+             "Send frames rows[:count] of buf, each on the packet socket fds[port] (int32, -1: no such port; the\n"
+             "sockets have PACKET_VNET_HDR on), by sendmmsg per port, in order per port.");
+
+static PyObject *send_packet(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "send_packet() takes 4 arguments");
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer fv, bv, rv;
+    if (get_buffer(args[0], &fv, false, 4, 0, "fds") < 0)
+        return NULL;
+    struct io_frames f;
+    if (get_frames(args[1], args[2], count, 0, false, &bv, &rv, &f) < 0) {
+        PyBuffer_Release(&fv);
+        return NULL;
+    }
+    struct tx_result r = {0};
+    Py_BEGIN_ALLOW_THREADS
+    tx_packet(fv.buf, ITEMS(&fv, int32_t), &f, &r);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&bv);
+    PyBuffer_Release(&fv);
+    return tx_result_tuple(&r);
+}
+
+PyDoc_STRVAR(send_udp_doc, "send_udp(fd, port_number, buf, rows, count) -> (sent, errors, unroutable, last_errno)\n"
+             "--\n\nSend frames rows[:count] of buf that leave on port_number as IPv4/UDP from the UDP socket fd to\n"
+             "their IPv4 destination and UDP destination port, by sendmmsg; the others are unroutable.");
+
+static PyObject *send_udp(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "send_udp() takes 5 arguments");
+        return NULL;
+    }
+    int fd = (int)PyLong_AsLong(args[0]);
+    long long port_number = PyLong_AsLongLong(args[1]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer bv, rv;
+    struct io_frames f;
+    if (get_frames(args[2], args[3], count, 0, false, &bv, &rv, &f) < 0)
+        return NULL;
+    struct tx_result r = {0};
+    Py_BEGIN_ALLOW_THREADS
+    tx_udp(fd, port_number, &f, &r);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&rv);
+    PyBuffer_Release(&bv);
+    return tx_result_tuple(&r);
+}
+
+static PyMethodDef module_methods[] = {
+    {"send_packet", (PyCFunction)(void (*)(void))send_packet, METH_FASTCALL, send_packet_doc},
+    {"send_udp", (PyCFunction)(void (*)(void))send_udp, METH_FASTCALL, send_udp_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "netagg.softswitch._native",
-    .m_doc = "The software switch's compiled data path: the aggregation step over bursts of frames.",
+    .m_doc = "The software switch's compiled data path: the aggregation step over bursts of frames, burst I/O.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&KernelType) < 0)
+    if (PyType_Ready(&KernelType) < 0 || PyType_Ready(&ReceiverType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -291,6 +522,15 @@ PyMODINIT_FUNC PyInit__native(void)
         Py_DECREF(m);
         return NULL;
     }
+    Py_INCREF(&ReceiverType);
+    if (PyModule_AddObject(m, "Receiver", (PyObject *)&ReceiverType) < 0) {
+        Py_DECREF(&ReceiverType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "IO_PACKET", IO_PACKET);
+    PyModule_AddIntConstant(m, "IO_UDP", IO_UDP);
+    PyModule_AddIntConstant(m, "IO_BATCH", IO_BATCH);
     /* The byte offsets kernel.c parses, for the test that compares them with netagg/wire.py. */
     PyObject *layout = Py_BuildValue(
         "{si si si si si si si si si si si si si si si si si si si}", "ethertype", L_ETHERTYPE, "ip", L_IP,

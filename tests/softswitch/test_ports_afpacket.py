@@ -31,7 +31,7 @@ from test_pipeline_contract import (
 
 from netagg.constants import JobStat
 from netagg.softswitch import ports as ports_module
-from netagg.softswitch.pipeline import Pipeline
+from netagg.softswitch.pipeline import Burst, OutBurst, Pipeline
 from netagg.softswitch.ports import (
     ETH_P_ALL,
     PACKET_IGNORE_OUTGOING,
@@ -161,15 +161,33 @@ def _refuse(*args: object) -> None:
     raise OSError(errno.ENOPROTOOPT, "Protocol not available")
 
 
-@pytest.mark.parametrize("tx_ring", [True, False], ids=["tx-ring", "send"])
-@pytest.mark.parametrize("ring", [True, False], ids=["rx-ring", "recv"])
-def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(
-    veths: Veths, ring: bool, tx_ring: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not ring:  # a kernel that refuses PACKET_RX_RING: the ports fall back to a receive call per frame
+#: How the ports move frames: native bursts (recvmmsg / sendmmsg in C), or in Python from a receive ring, or
+#: with a receive call per frame (a kernel that refuses the ring).
+IO_MODES = ["native", "rx-ring", "recv"]
+
+
+def open_ports(veths: Veths, interfaces: dict[int, str], io: str, monkeypatch: pytest.MonkeyPatch) -> AfPacketPorts:
+    if io == "recv":
         monkeypatch.setattr(ports_module, "RxRing", _refuse)
-    if not tx_ring:  # a kernel that refuses PACKET_TX_RING: the ports fall back to a send call per frame
-        monkeypatch.setattr(ports_module, "TxRing", _refuse)
+    with inside(veths.namespace):
+        ports = AfPacketPorts(interfaces, native=io == "native")
+    assert ports.native == (io == "native")
+    assert ports.ring_ports() == (sorted(interfaces) if io == "rx-ring" else [])
+    return ports
+
+
+def send_frames(ports: AfPacketPorts, frames: list[tuple[int, bytes]]) -> None:
+    """Send ``frames`` as the switch loop does: one output burst."""
+    out = OutBurst()
+    for port, frame in frames:
+        assert out.append(port, frame)
+    ports.send_burst(out)
+
+
+@pytest.mark.parametrize("io", IO_MODES)
+def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(
+    veths: Veths, io: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = contract_state()
     install_switch(state, ports=(1, 2))
     job = make_job(5, 2, ports=(1, 2), size=1)
@@ -179,10 +197,7 @@ def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(
         state.tables["l2_forward"].entries[(MARKER_TO_2,)] = Action("forward", {"port": 2})
         state.bump()
     pipeline = Pipeline(state, seed=1)
-    with inside(veths.namespace):
-        ports = AfPacketPorts({1: "sw1", 2: "sw2"}, tx_ring=True)
-    assert ports.ring_ports() == ([1, 2] if ring else [])
-    assert ports.tx_ring_ports() == ([1, 2] if tx_ring else [])
+    ports = open_ports(veths, {1: "sw1", 2: "sw2"}, io, monkeypatch)
     with (
         SoftSwitch(pipeline, ports),
         raw_socket(veths.test_ifaces[0]) as t1,
@@ -218,16 +233,6 @@ def test_af_packet_ports_aggregate_flood_and_ignore_their_own_sends(
 def test_missing_interface_is_a_clear_error(veths: Veths) -> None:
     with inside(veths.namespace), pytest.raises(PortError, match="port 3@nosuchif0"):
         AfPacketPorts({1: "sw1", 3: "nosuchif0"})
-
-
-def test_transmit_ring_is_off_unless_asked_for(veths: Veths) -> None:
-    with inside(veths.namespace):
-        ports = AfPacketPorts({1: "sw1"})
-    with ports, raw_socket(veths.test_ifaces[0]) as t1:
-        assert ports.tx_ring_ports() == []
-        ports.send(1, numbered(0))  # leaves at once, without a flush
-        assert receive_numbers(t1, 1) == [0]
-        assert ports.stats.tx == 1
 
 
 def test_cli_serves_af_packet_ports_and_stops_on_sigterm(veths: Veths, tmp_path: Path) -> None:
@@ -272,58 +277,33 @@ def receive_numbers(sock: socket.socket, count: int) -> list[int]:
     return [int.from_bytes(receive_matching(sock, is_plain)[-4:], "big") for _ in range(count)]
 
 
-def test_transmit_ring_wraps_and_keeps_the_order(veths: Veths, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A ring of 4 frames: 50 sends without a flush fill it over and over (flush on full, plain send when the
-    # kernel still holds every ring frame); the frames must all arrive, in order.
-    monkeypatch.setattr(ports_module, "TX_RING_BYTES", 8192)
-    with inside(veths.namespace):
-        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
-    with ports, raw_socket(veths.test_ifaces[0]) as t1:
-        assert ports.tx_ring_ports() == [1]
-        assert ports._tx_rings[1].frame_nr == 4
-        for i in range(50):
-            ports.send(1, numbered(i))
-        ports.flush()
-        assert receive_numbers(t1, 50) == list(range(50))
-        assert (ports.stats.tx, ports.stats.tx_errors) == (50, 0)
+@pytest.mark.parametrize("io", IO_MODES)
+def test_bursts_leave_in_order_per_port(veths: Veths, io: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 150 frames, alternating between the ports: more than one sendmmsg batch per port, and every frame of a
+    # port arrives in the order it had in the burst.
+    ports = open_ports(veths, {1: "sw1", 2: "sw2"}, io, monkeypatch)
+    with ports, raw_socket(veths.test_ifaces[0]) as t1, raw_socket(veths.test_ifaces[1]) as t2:
+        send_frames(ports, [(1 + i % 2, numbered(i)) for i in range(150)])
+        assert receive_numbers(t1, 75) == list(range(0, 150, 2))
+        assert receive_numbers(t2, 75) == list(range(1, 150, 2))
+        assert (ports.stats.tx, ports.stats.tx_errors, ports.stats.tx_unroutable) == (150, 0, 0)
 
 
-def test_full_transmit_ring_falls_back_to_a_send_call_in_order(veths: Veths) -> None:
-    with inside(veths.namespace):
-        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
-    with ports, raw_socket(veths.test_ifaces[0]) as t1:
-        ring = ports._tx_rings[1]
-        ports.send(1, numbered(0))  # queued, not yet sent
-        # The kernel still holds the next ring frame (as while a sent frame is in flight): the next two frames
-        # go by send calls, after frame 0, which the full ring flushes first.
-        busy = (ring._head * ring.frame_size) >> 2
-        assert ring.pending() and ring._words[busy] == ports_module.TP_STATUS_AVAILABLE
-        ring._words[busy] = 2  # TP_STATUS_SENDING
-        ports.send(1, numbered(1))
-        ports.send(1, numbered(2))
-        assert ports.stats.tx_fallback == 2 and not ring.pending()
-        ring._words[busy] = ports_module.TP_STATUS_AVAILABLE
-        ports.send(1, numbered(3))
-        ports.flush()
-        assert receive_numbers(t1, 4) == [0, 1, 2, 3]
-        assert (ports.stats.tx, ports.stats.tx_fallback, ports.stats.tx_errors) == (4, 2, 0)
-
-
-@pytest.mark.parametrize("tx_ring", [True, False], ids=["tx-ring", "send"])
+@pytest.mark.parametrize("io", IO_MODES)
 def test_oversized_frame_is_counted_and_the_others_keep_their_order(
-    veths: Veths, tx_ring: bool, monkeypatch: pytest.MonkeyPatch
+    veths: Veths, io: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not tx_ring:
-        monkeypatch.setattr(ports_module, "TxRing", _refuse)
-    with inside(veths.namespace):
-        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
+    ports = open_ports(veths, {1: "sw1"}, io, monkeypatch)
     with ports, raw_socket(veths.test_ifaces[0]) as t1:
-        assert ports.tx_ring_ports() == ([1] if tx_ring else [])
-        ports.send(1, numbered(0))
-        ports.send(1, numbered(1, length=1500 + 14 + 1))  # one byte over the veth's MTU: the kernel refuses it
-        ports.send(1, numbered(2))
-        ports.send(3, numbered(3))  # no such port
-        ports.flush()
+        send_frames(
+            ports,
+            [
+                (1, numbered(0)),
+                (1, numbered(1, length=1500 + 14 + 1)),  # one byte over the veth's MTU: the kernel refuses it
+                (1, numbered(2)),
+                (3, numbered(3)),  # no such port
+            ],
+        )
         assert receive_numbers(t1, 2) == [0, 2]
         assert (ports.stats.tx, ports.stats.tx_errors, ports.stats.tx_unroutable) == (2, 1, 1)
 
@@ -345,21 +325,16 @@ def wait_until_operational(veths: Veths, switch_iface: str) -> None:
     raise AssertionError(f"{switch_iface} not up before the deadline")
 
 
-@pytest.mark.parametrize("tx_ring", [True, False], ids=["tx-ring", "send"])
+@pytest.mark.parametrize("io", IO_MODES)
 def test_frames_refused_by_a_down_link_are_counted_and_sending_resumes(
-    veths: Veths, tx_ring: bool, monkeypatch: pytest.MonkeyPatch
+    veths: Veths, io: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not tx_ring:
-        monkeypatch.setattr(ports_module, "TxRing", _refuse)
-    with inside(veths.namespace):
-        ports = AfPacketPorts({1: "sw1"}, tx_ring=True)
+    ports = open_ports(veths, {1: "sw1"}, io, monkeypatch)
     link = ["ip", "netns", "exec", veths.namespace, "ip", "link", "set", "sw1"]
     with ports, raw_socket(veths.test_ifaces[0]) as t1:
         _run(*link, "down")
         try:
-            ports.send(1, numbered(0))
-            ports.send(1, numbered(1))
-            ports.flush()  # ENETDOWN: both dropped, and the ring must be ready for the next frame
+            send_frames(ports, [(1, numbered(0)), (1, numbered(1))])  # ENETDOWN: both dropped
         finally:
             _run(*link, "up")
         assert (ports.stats.tx, ports.stats.tx_errors) == (0, 2)
@@ -370,9 +345,11 @@ def test_frames_refused_by_a_down_link_are_counted_and_sending_resumes(
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         assert poller.poll(0) == [(fd, select.POLLERR)]
-        ports.receive(fd, lambda frame, port: None)
+        if ports.native:
+            assert ports.receive_burst(fd, Burst()) == 0
+        else:
+            ports.receive(fd, lambda frame, port: None)
         assert poller.poll(0) == []
-        ports.send(1, numbered(2))
-        ports.flush()
+        send_frames(ports, [(1, numbered(2))])
         assert receive_numbers(t1, 1) == [2]
         assert (ports.stats.tx, ports.stats.tx_errors) == (1, 2)

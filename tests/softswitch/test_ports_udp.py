@@ -61,12 +61,12 @@ def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.005)
 
 
-@pytest.fixture
-def switch() -> Iterator[tuple[SwitchState, SoftSwitch]]:
+@pytest.fixture(params=[True, False], ids=["native-io", "python-io"])
+def switch(request: pytest.FixtureRequest) -> Iterator[tuple[SwitchState, SoftSwitch]]:
     state = contract_state()
     install_switch(state)
     pipeline = Pipeline(state, seed=3)
-    sw = SoftSwitch(pipeline, UdpPorts(("127.0.0.1", 0), pipeline.agg_source))
+    sw = SoftSwitch(pipeline, UdpPorts(("127.0.0.1", 0), pipeline.agg_source, native=request.param))
     with sw:
         yield state, sw
 
