@@ -13,7 +13,7 @@ NATIVE_MODULES := host_agent/_native softswitch/_native
 # FORCE when one is missing: a fresh checkout or a clean.
 NATIVE_MISSING := $(foreach m,$(NATIVE_MODULES),$(if $(wildcard $(m).*.so),,FORCE))
 
-.PHONY: install deb venv FORCE test test-unit test-loopback test-netns p4 bench mininet-demo docker-test lint clean
+.PHONY: install deb venv FORCE test test-unit test-loopback test-netns p4 bench mininet-demo docker-test repro-alq lint clean
 
 install: deb venv ## set up everything on a fresh machine (idempotent)
 
@@ -67,6 +67,9 @@ docker-test: ## conformance + integration suites against BMv2 in a container (ne
 
 bench: venv ## speed and memory figures (ratios measured side by side); not part of `make test`
 	$(PY) -m bench
+
+repro-alq: venv ## ALQ/AMQ and baselines: variance vs bucket size and 4-worker accuracy -> docs/repro/alq.md
+	$(PY) -m examples.repro_alq --out docs/repro $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
