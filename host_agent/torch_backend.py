@@ -3,15 +3,20 @@
     import netagg.host_agent.torch_backend  # noqa: F401  (registers the backend)
     dist.init_process_group("netagg")       # env:// rendezvous, as with torchrun
 
-all_reduce with SUM or AVG of float32, float16, bfloat16 and int32 CPU tensors goes through the switch. Every other
-collective (other reduce ops and dtypes, broadcast, all_gather, reduce_scatter, all_to_all, barrier, point-to-point,
-object collectives) is served by an internal gloo group on the same store, so any program that runs on gloo runs on
-netagg. docs/torch.md lists which path serves which call.
+all_reduce with SUM or AVG of dense float32, float16, bfloat16 and int32 tensors (CPU, or CUDA through a pinned host
+copy) goes through the switch. Every other collective (other reduce ops and dtypes, sparse tensors, broadcast,
+all_gather, reduce_scatter, all_to_all, barrier, point-to-point, object collectives) is served by an internal gloo
+group on the same store, so any program that runs on gloo runs on netagg. docs/torch.md lists which path serves
+which call.
+
+Slots: a group joins its job on the switch at its first switch all-reduce, not when it is created, and gives the
+job back when destroyed, when every rank agreed it was idle (``idle_release``), and at interpreter exit; a process
+that dies without leaving stops heartbeating and the controller frees its job after the lease.
 
 Configuration: ``NetaggOptions`` passed as ``pg_options`` to ``init_process_group``/``new_group``, else environment
 variables (``NETAGG_CONTROLLER``, ``NETAGG_JOB``, ``NETAGG_BIND``, ``NETAGG_LANES``, ``NETAGG_WINDOW``,
-``NETAGG_DEADLINE``, ``NETAGG_JOIN_TIMEOUT``). Without ``NETAGG_JOB`` the group's rank 0 makes a unique job name and
-shares it through the rendezvous store.
+``NETAGG_DEADLINE``, ``NETAGG_JOIN_TIMEOUT``, ``NETAGG_IDLE_RELEASE``). Without ``NETAGG_JOB`` the group's rank 0
+makes a unique job name and shares it through the rendezvous store.
 
 Mismatched calls never sum silently: the group counts every collective it is asked for (gloo-served ones too), and
 each switch all-reduce carries (that count, numel, dtype) as its descriptor, so ranks that call different
@@ -21,12 +26,16 @@ through the rendezvous store: each rank publishes its side, and the error names 
 
 from __future__ import annotations
 
+import atexit
+import inspect
 import itertools
 import json
 import logging
 import os
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +59,9 @@ BACKEND_NAME = "netagg"
 #: Callbacks of completed all-reduces that may block at once (nested waits inside comm hooks) per group.
 CALLBACK_THREADS = 16
 
+#: Devices the backend is registered for; tensors on any device but "cpu" go through a host copy.
+DEVICES = ("cpu", "cuda")
+
 #: dtypes whose SUM/AVG all_reduce goes through the switch.
 SWITCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int32)
 _SWITCH_OPS = (dist.ReduceOp.SUM, dist.ReduceOp.AVG)
@@ -58,6 +70,16 @@ _SWITCH_OPS = (dist.ReduceOp.SUM, dist.ReduceOp.AVG)
 FAILURE_REPORT_WAIT = 5.0
 #: Store prefix (within the group's store) of the per-rank failure reports.
 _FAILURE_PREFIX = "netagg/failure"
+#: Store prefix of the idle-release decisions: one key per (job generation, last switch all-reduce), set once.
+_IDLE_PREFIX = "netagg/idle"
+_RELEASE, _KEEP = b"release", b"keep"
+#: Default seconds a group's job may go without a switch all-reduce before its ranks give its slots back.
+DEFAULT_IDLE_RELEASE = 60.0
+#: Seconds between asks for slots while the pool is exhausted (doubling up to the longest), within join_timeout.
+POOL_RETRY_FIRST = 0.05
+POOL_RETRY_LONGEST = 1.0
+#: Default lease asked for at join: a rank that dies without leaving frees its job's slots within this many seconds.
+DEFAULT_LEASE = 5.0
 
 #: Collectives served by the internal gloo group: ProcessGroup method torch calls -> gloo Backend method.
 DELEGATED = {
@@ -102,6 +124,12 @@ class NetaggOptions:
     join_timeout: float | None = (
         None  # seconds to wait for every rank to join (NETAGG_JOIN_TIMEOUT, default 120)
     )
+    # seconds without a switch all-reduce after which the ranks give the job's slots back (and join again at the
+    # next one); 0 keeps them until the group is destroyed (NETAGG_IDLE_RELEASE, default 60)
+    idle_release: float | None = None
+    # seconds the controller keeps the job of a rank whose heartbeats stopped (a process that died without
+    # leaving); at most the controller's configured lease (NETAGG_LEASE, default 5)
+    lease: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # further AllReduceClient options (rto, loss, ...)
 
     def resolved(self) -> NetaggOptions:
@@ -122,6 +150,8 @@ class NetaggOptions:
             window=number(self.window, "NETAGG_WINDOW", None, int),  # type: ignore[arg-type]
             deadline=number(self.deadline, "NETAGG_DEADLINE", str(DEFAULT_DEADLINE), float),
             join_timeout=number(self.join_timeout, "NETAGG_JOIN_TIMEOUT", "120", float),
+            idle_release=number(self.idle_release, "NETAGG_IDLE_RELEASE", str(DEFAULT_IDLE_RELEASE), float),
+            lease=number(self.lease, "NETAGG_LEASE", str(DEFAULT_LEASE), float),
             extra=dict(self.extra),
         )
 
@@ -217,6 +247,13 @@ class NetaggProcessGroup(dist.ProcessGroup):
     ) -> None:
         super().__init__(rank, size)
         self._options = (options or NetaggOptions()).resolved()
+        if self._options.idle_release is not None and self._options.idle_release < 0:
+            raise ValueError(f"idle_release {self._options.idle_release} must be >= 0 seconds (0: never)")
+        if self._options.lease is not None and self._options.lease <= 0:
+            raise ValueError(f"lease {self._options.lease} must be > 0 seconds")
+        # torch names the group after creating it (_set_group_name); until then it has none.
+        self._group_name = ""
+        self._group_desc = ""
         self._gloo = dist.ProcessGroupGloo(dist.PrefixStore("netagg/gloo", store), rank, size, timeout)
         job = self._options.job or self._agree_job_name(store, rank)
         self._job = job
@@ -233,20 +270,20 @@ class NetaggProcessGroup(dist.ProcessGroup):
         self._callbacks = ThreadPoolExecutor(
             max_workers=CALLBACK_THREADS, thread_name_prefix=f"netagg-torch-{job}"
         )
-        extra = dict(self._options.extra)
-        if self._options.window is not None:
-            extra["window"] = self._options.window
-        self._client = AllReduceClient.join(
-            _job_api(self._options.controller),  # type: ignore[arg-type]
-            job,
-            size,
-            rank,
-            bind=self._options.bind,  # type: ignore[arg-type]
-            lanes=self._options.lanes,  # type: ignore[arg-type]
-            join_timeout=self._options.join_timeout,  # type: ignore[arg-type]
-            deadline=self._options.deadline,
-            **extra,
-        )
+        # The job on the switch: joined at the first switch all-reduce, given back when idle (see _idle_loop).
+        # Generation g is the g-th time this group joined; every rank is in the same generation at the same
+        # collective, because joining and giving back are decided at agreed points of the collective sequence.
+        self._idle = dist.PrefixStore(_IDLE_PREFIX, store)
+        self._state = threading.Condition()
+        self._client: AllReduceClient | None = None
+        self._generation = 0
+        self._inflight = 0  # switch all-reduces submitted and not finished
+        self._last_done = time.monotonic()
+        self._last_switch = -1  # number of the last switch all-reduce
+        self._results_before = 0  # RESULTs received by the clients of earlier generations
+        self._closed = False
+        self._idle_thread: threading.Thread | None = None
+        _LIVE.add(self)
 
     @staticmethod
     def _agree_job_name(store: dist.Store, rank: int) -> str:
@@ -258,9 +295,43 @@ class NetaggProcessGroup(dist.ProcessGroup):
     def getBackendName(self) -> str:
         return BACKEND_NAME
 
+    # torch's ProcessGroup keeps its name in its registered C++ backends, which a Python group has none of: keep
+    # them here, so that pg.group_name, functional collectives and destroy_process_group(group) work.
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    def _set_group_desc(self, desc: str) -> None:
+        self._group_desc = desc
+
     @property
-    def client(self) -> AllReduceClient:
+    def group_name(self) -> str:
+        return self._group_name
+
+    @property
+    def group_desc(self) -> str:
+        return self._group_desc
+
+    @property
+    def job(self) -> str:
+        """The job name of the current (or next) generation."""
+        return self._job if self._generation == 0 else f"{self._job}.{self._generation}"
+
+    @property
+    def client(self) -> AllReduceClient | None:
+        """The agent of the current generation, None while the group holds no job."""
         return self._client
+
+    @property
+    def results_received(self) -> int:
+        """RESULTs this rank received from the switch over the group's lifetime (every generation)."""
+        with self._state:
+            current = self._client.stats.results if self._client is not None else 0
+            return self._results_before + current
+
+    @property
+    def holds_job(self) -> bool:
+        """Whether the group holds a job (and its slots) on the switch now."""
+        return self._client is not None
 
     def next_seq(self) -> int:
         """Number the next collective of this group (every rank numbers its calls the same way)."""
@@ -276,15 +347,27 @@ class NetaggProcessGroup(dist.ProcessGroup):
         tensor = tensors[0]
         name = "all_reduce" if op == dist.ReduceOp.SUM else "all_reduce(avg)"
         descriptor = Collective(name, seq, tensor.numel(), dtype_name(tensor.dtype))
+        # gloo sums a leaf that requires grad in place; so do we, through a view autograd does not track. A tensor
+        # on an accelerator travels through a pinned host copy (docs/torch.md, "Tensors on a GPU").
+        host, write_back = _host_side(tensor.detach())
         try:
-            source: Future[Any] = self._client.allreduce_async(tensor, descriptor=descriptor)
+            client = self._enter(seq)
+        except AgentError as exc:  # the join failed (controller unreachable, no slots within join_timeout, ...)
+            raise _as_dist_error(exc, self._label) from exc
+        try:
+            source: Future[Any] = client.allreduce_async(host, descriptor=descriptor)
         except AgentInputError as exc:  # a ValueError for torch's caller: fix the call
+            self._leave_op()
             if exc.op_index is not None:  # the others run this all-reduce: tell them why it fails
                 why = exc.__cause__ if isinstance(exc.__cause__, AgentInputError) else exc
                 self._publish(local_record(self.rank(), exc.op_index, descriptor, str(why)))
             raise
         except AgentError as exc:  # broken by an earlier failure, or closed
+            self._leave_op()
             raise self._dist_error(exc) from exc
+        source.add_done_callback(lambda _: self._leave_op())
+        if write_back is not None:
+            source = _then(source, write_back)
         if op == dist.ReduceOp.AVG:
             source = _then(
                 source,
@@ -298,6 +381,100 @@ class NetaggProcessGroup(dist.ProcessGroup):
             self._callbacks,
             self._dist_error,
         )
+
+    # --- the job: joined on first use, given back when idle ------------------------------------------------
+
+    def _enter(self, seq: int) -> AllReduceClient:
+        """The client for switch all-reduce ``seq``, joining the job first if the group holds none."""
+        with self._state:
+            if self._closed:
+                raise dist.DistBackendError(f"{self._label}: the process group was destroyed")
+            if self._client is not None and self._inflight == 0 and self._idle_release_due(0.5):
+                # Idle for half the period: a peer's idle thread may have decided to give the job back. The first
+                # decision written for this point of the sequence wins, so every rank acts on the same one.
+                if self._decide(_KEEP) == _RELEASE:
+                    _close(self._release("every rank was idle"))
+            if self._client is None:
+                self._client = self._join()
+            self._inflight += 1
+            self._last_switch = seq
+            return self._client
+
+    def _leave_op(self) -> None:
+        with self._state:
+            self._inflight -= 1
+            self._last_done = time.monotonic()
+            self._state.notify_all()
+
+    def _idle_release_due(self, fraction: float = 1.0) -> bool:
+        period = self._options.idle_release or 0.0
+        return period > 0 and time.monotonic() - self._last_done >= fraction * period
+
+    def _decide(self, wish: bytes) -> bytes:
+        """The decision for the current idle point: ``wish`` if this rank is the first to write one."""
+        key = f"{self._generation}/{self._last_switch}"
+        return bytes(self._idle.compare_set(key, "", wish.decode()))
+
+    def _join(self) -> AllReduceClient:
+        extra = dict(self._options.extra)
+        if self._options.window is not None:
+            extra["window"] = self._options.window
+        client = AllReduceClient.join(
+            _LeasedJobApi(_job_api(self._options.controller), self._options.lease),  # type: ignore[arg-type]
+            self.job,
+            self.size(),
+            self.rank(),
+            bind=self._options.bind,  # type: ignore[arg-type]
+            lanes=self._options.lanes,  # type: ignore[arg-type]
+            join_timeout=self._options.join_timeout,  # type: ignore[arg-type]
+            deadline=self._options.deadline,
+            **extra,
+            **({"lease_seconds": self._options.lease} if _JOIN_TAKES_LEASE else {}),
+        )
+        self._label = f"netagg job {self.job!r} rank {self.rank()}"
+        if self._options.idle_release and self._idle_thread is None:
+            self._idle_thread = threading.Thread(
+                target=self._idle_loop, name=f"netagg-idle-{self._job}", daemon=True
+            )
+            self._idle_thread.start()
+        return client
+
+    def _release(self, why: str) -> AllReduceClient | None:
+        """Detach the current generation's client (caller holds ``_state``); the next switch all-reduce joins anew.
+
+        Returns the client for the caller to close: with no all-reduce in flight under the lock, or else after
+        releasing it (closing fails queued all-reduces, whose callbacks take the lock).
+        """
+        client, self._client = self._client, None
+        if client is None:
+            return None
+        self._results_before += client.stats.results
+        self._generation += 1
+        log.info("%s: giving the job's slots back (%s)", self._label, why)
+        return client
+
+    def _idle_loop(self) -> None:
+        """Give the job back once this rank was idle for ``idle_release`` s, if no peer went on meanwhile."""
+        period = float(self._options.idle_release or 0.0)
+        checked: tuple[int, int] | None = None
+        with self._state:
+            while not self._closed:
+                point = (self._generation, self._last_switch)
+                if self._client is None or self._inflight or point == checked:
+                    self._state.wait()
+                    continue
+                left = self._last_done + period - time.monotonic()
+                if left > 0:
+                    self._state.wait(left)
+                    continue
+                checked = point
+                try:
+                    decision = self._decide(_RELEASE)
+                except (dist.DistError, RuntimeError) as exc:  # the store is gone: the lease settles it
+                    log.warning("%s: idle release check failed: %s", self._label, exc)
+                    continue
+                if decision == _RELEASE:
+                    _close(self._release(f"no switch all-reduce for {period:g} s"))
 
     # --- failures ------------------------------------------------------------------------------------------
 
@@ -360,26 +537,111 @@ class NetaggProcessGroup(dist.ProcessGroup):
         return (
             len(tensors) == 1
             and any(op == switch_op for switch_op in _SWITCH_OPS)
-            and tensors[0].device.type == "cpu"
+            and tensors[0].layout == torch.strided  # sparse tensors: gloo sums them
+            and tensors[0].device.type != "meta"  # no data: gloo raises as it would without netagg
             and tensors[0].dtype in SWITCH_DTYPES
         )
 
     def shutdown(self) -> None:
-        """Leave the job (torch calls this on destroy_process_group)."""
-        self._client.close()
+        """Leave the job (torch calls this on destroy_process_group; netagg at interpreter exit). Idempotent."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            client = self._release("the group was destroyed")
+            self._state.notify_all()
+        _close(client)
         self._callbacks.shutdown(wait=False)
+        _LIVE.discard(self)
 
     def __del__(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            try:
-                client.close()
-            except Exception as exc:  # noqa: BLE001 - interpreter shutdown: nobody left to raise to
-                log.debug("closing %s at garbage collection failed: %s", self._label, exc)
+        if getattr(self, "_client", None) is None:
+            return
+        try:
+            self.shutdown()
+        except Exception as exc:  # noqa: BLE001 - garbage collection: nobody left to raise to
+            log.debug("closing %s at garbage collection failed: %s", self._label, exc)
+
+
+#: Groups not shut down yet: left at interpreter exit, while the modules closing them still exist.
+_LIVE: weakref.WeakSet[NetaggProcessGroup] = weakref.WeakSet()
+
+
+@atexit.register
+def _leave_all() -> None:
+    for group in list(_LIVE):
+        try:
+            group.shutdown()
+        except Exception as exc:  # noqa: BLE001 - exiting: log and leave the others
+            log.warning("leaving %s at exit failed: %s", group._label, exc)
+
+#: Whether AllReduceClient.join asks for a lease itself (else _LeasedJobApi adds it to the controller's join).
+_JOIN_TAKES_LEASE = "lease_seconds" in inspect.signature(AllReduceClient.join).parameters
+
+
+def _host_side(tensor: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """The tensor the agent sums in place, and how the sum gets back to ``tensor`` (None: it is that tensor).
+
+    A CPU tensor is summed where it is. Any other device's tensor is copied into a host buffer (pinned for CUDA, so
+    both copies are DMA transfers) and the sum copied back to the device when the all-reduce completes.
+    """
+    if tensor.device.type == "cpu":
+        return tensor, None
+    pinned = tensor.device.type == "cuda" and torch.cuda.is_available()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pinned)
+    host.copy_(tensor)  # device -> host: waits for the device's queued work on the tensor
+
+    def write_back(summed: torch.Tensor) -> torch.Tensor:
+        tensor.copy_(summed)  # host -> device (on the completion thread: the caller's tensor is ours until then)
+        return tensor
+
+    return host, write_back
+
+
+def _close(client: AllReduceClient | None) -> None:
+    if client is not None:
+        client.close()
 
 
 def _job_api(controller: str | JobApi) -> JobApi:
     return ControllerClient(controller) if isinstance(controller, str) else controller
+
+
+class _LeasedJobApi:
+    """A job API whose joins ask for ``lease`` seconds, and wait for free slots while the pool is exhausted.
+
+    Waiting is consistent across ranks: the first rank whose join finds slots reserves them for the job, and the
+    others' joins then join that reservation instead of asking the pool again.
+    """
+
+    def __init__(self, api: JobApi, lease: float | None) -> None:
+        self._api = api
+        # A job API object without lease_seconds (one written for an older controller) gets the controller's lease.
+        params = inspect.signature(api.join).parameters
+        takes_lease = "lease_seconds" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        self._lease = lease if takes_lease else None
+
+    def join(self, job: str, **kwargs: Any) -> Any:
+        if kwargs.get("lease_seconds") is None and self._lease:
+            kwargs["lease_seconds"] = self._lease
+        deadline = time.monotonic() + float(kwargs.get("timeout", 60.0))
+        pause = threading.Event()  # never set: a bounded wait between polls of the pool
+        backoff = POOL_RETRY_FIRST
+        while True:
+            try:
+                return self._api.join(job, **kwargs)
+            except Exception as exc:
+                if getattr(exc, "type", None) != "PoolExhausted" or time.monotonic() + backoff > deadline:
+                    raise
+                log.info("job %r: %s; asking again in %.2f s", job, exc, backoff)
+            pause.wait(backoff)
+            backoff = min(2 * backoff, POOL_RETRY_LONGEST)
+
+    def leave(self, job: str, rank: int) -> Any:
+        return self._api.leave(job, rank)
+
+    def heartbeat(self, job: str, rank: int) -> Any:
+        return self._api.heartbeat(job, rank)
 
 
 def _then(source: Future[Any], fn: Any) -> Future[Any]:
@@ -432,7 +694,7 @@ def _create(dist_options: Any, backend_options: Any) -> NetaggProcessGroup:
 def register() -> None:
     """Register the "netagg" backend with torch.distributed (idempotent; importing this module does it)."""
     if BACKEND_NAME.upper() not in dist.Backend._plugins:
-        dist.Backend.register_backend(BACKEND_NAME, _create, extended_api=True, devices=["cpu"])
+        dist.Backend.register_backend(BACKEND_NAME, _create, extended_api=True, devices=list(DEVICES))
 
 
 register()

@@ -114,16 +114,34 @@ def test_int32_sum_equals_glooss_and_the_group_goes_on() -> None:
         assert after == [[2.0], [2.0]]
 
 
-def test_bad_input_on_one_rank_fails_the_others_fast_quoting_it() -> None:
+def test_bad_input_on_one_rank_fails_the_others_fast_quoting_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The backend routes to the switch only tensors the agent takes (a leaf that requires grad included), so the
+    # agent's staging is made to refuse rank 0's tensor, found by its storage.
+    from netagg.host_agent import client
+
+    refused: list[int] = []
+    original = client.stage
+
+    def stage(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if x.data_ptr() in refused:
+            raise AgentInputError("refused by the test: this rank's tensor is unusable")
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(client, "stage", stage)
+
+    def body(rank: int, pg: NetaggProcessGroup) -> Any:
+        tensor = torch.ones(100)
+        if rank == 0:
+            refused.append(tensor.data_ptr())
+        return _sum(pg, tensor)
+
     with groups(2) as (_, pgs, _store):
-        outcomes, elapsed = _timed(
-            pgs, lambda r, pg: _sum(pg, torch.ones(100, requires_grad=(r == 0)))
-        )
+        outcomes, elapsed = _timed(pgs, body)
         local, peer = outcomes
-        assert isinstance(local, AgentInputError) and "requires grad" in str(local), local
+        assert isinstance(local, AgentInputError) and "refused by the test" in str(local), local
         assert isinstance(peer, dist.DistBackendError), peer
         assert elapsed < FAST, f"rank 1 learnt of rank 0's error after {elapsed:.1f} s (deadline {DEADLINE} s)"
         text = str(peer)
-        assert re.search(r"all_reduce #0 of group 'test-job': rank 0 gave up on it: in-place all-reduce of a leaf "
-                         r"tensor that requires grad.*, rank 1 has 100 float32 elements", text), text  # fmt: skip
+        assert re.search(r"all_reduce #0 of group 'test-job': rank 0 gave up on it: refused by the test: this "
+                         r"rank's tensor is unusable.*, rank 1 has 100 float32 elements", text), text  # fmt: skip
         _assert_unusable(pgs, "rank 0 gave up on it")

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from netagg.local import LocalStack, free_port
@@ -23,8 +23,12 @@ def run_ranks(
     deadline: float = 20.0,
     timeout: float = 180.0,
     vanishing: Sequence[int] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Each rank's JSON report; ``vanishing`` ranks are expected to exit without one (their entry is empty)."""
+    """Each rank's JSON report; ``vanishing`` ranks are expected to exit without one (their entry is empty).
+
+    ``extra_env`` adds to the ranks' environment (e.g. NETAGG_* settings).
+    """
     master = free_port()
     procs, outs = [], []
     for rank in range(world):
@@ -40,6 +44,7 @@ def run_ranks(
             NETAGG_DEADLINE=str(deadline),
             NETAGG_JOIN_TIMEOUT="60",
             OMP_NUM_THREADS="1",
+            **(extra_env or {}),
         )
         log = (tmp_path / f"{scenario}-{rank}.log").open("wb")
         procs.append(

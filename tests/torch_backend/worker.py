@@ -6,7 +6,11 @@ Scenarios: ``ddp`` (gradients of DDP over netagg vs the same gradients all-reduc
 ``collectives`` (the calls netagg delegates to gloo, and SUM/AVG/int32 through the switch), ``powersgd`` (torch's
 PowerSGD comm hook), ``peer_dies`` (rank 1 exits in the middle; the others must raise, not hang). Two ranks whose
 calls differ: ``mismatch_small`` (100 vs 200 elements) and ``mismatch_large`` (1000 vs 2000), each followed by a
-matched all_reduce; ``int32_wide`` (2**30 + 5 and 1, against gloo); ``bad_input`` (rank 0's tensor is refused).
+matched all_reduce; ``int32_wide`` (2**30 + 5 and 1, against gloo); ``bad_input`` (the agent refuses rank 0's
+tensor). Names, inputs and slots: ``names`` (group_name, functional collectives, destroying a subgroup),
+``sparse_and_grad`` (sparse COO and requires_grad leaves, against gloo), ``exit_without_destroy`` and
+``dies_silently`` (no destroy_process_group; the second skips interpreter exit too), ``many_groups`` (more groups
+than the pool holds jobs), ``ddp_group_loop`` (50 DDP groups created and destroyed).
 """
 
 from __future__ import annotations
@@ -188,10 +192,125 @@ def int32_wide(rank: int, world: int) -> dict:
 
 
 def bad_input(rank: int, world: int) -> dict:
-    # The agent refuses an in-place all-reduce of a leaf that requires grad; only rank 0 passes one.
-    first = _attempt(lambda: _summed(torch.ones(100, requires_grad=(rank == 0))))
+    # Every tensor the backend sends to the switch is one the agent takes (the others go to gloo), so rank 0's
+    # agent is made to refuse this one: the refusal takes the agent's own path (an ABORT at its place).
+    if rank == 0:
+        refuse_once()
+    first = _attempt(lambda: _summed(torch.ones(100)))
     after = _attempt(lambda: _summed(torch.ones(10)))
     return {"first": first, "after": after}
+
+
+def refuse_once() -> None:
+    """Make this process's agent refuse the next tensor it stages, as it refuses bad input."""
+    from netagg.host_agent import client
+    from netagg.host_agent.errors import AgentInputError
+
+    original = client.stage
+
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        client.stage = original
+        raise AgentInputError("refused by the test: this rank's tensor is unusable")
+
+    client.stage = refusing
+
+
+def _controller() -> Any:
+    from netagg.controller.client import ControllerClient
+
+    return ControllerClient(os.environ["NETAGG_CONTROLLER"])
+
+
+def _jobs() -> list[str]:
+    return [j["job"] for j in _controller().jobs()["jobs"]]
+
+
+def names(rank: int, world: int) -> dict:
+    import torch.distributed._functional_collectives as fc
+
+    out: dict = {"world_name": dist.group.WORLD.group_name}
+    sub = dist.new_group()
+    out["sub_name"] = sub.group_name
+    summed = fc.wait_tensor(fc.all_reduce(torch.full((300,), rank + 1.0), "sum", dist.group.WORLD))
+    out["functional"] = summed[:2].tolist()
+    out["functional_sub"] = fc.wait_tensor(fc.all_reduce(torch.full((5,), 2.0), "avg", sub)).tolist()
+    out["sub_results"] = sub.results_received
+    job = sub.job
+    out["held_before"] = job in _jobs()
+    dist.destroy_process_group(sub)
+    dist.barrier()  # every rank destroyed it
+    out["held_after"] = job in _jobs()
+    return out
+
+
+def sparse_and_grad(rank: int, world: int) -> dict:
+    gloo = dist.new_group(backend="gloo")
+
+    def sparse() -> torch.Tensor:
+        return torch.sparse_coo_tensor(torch.tensor([[rank, 4]]), torch.tensor([rank + 1.0, 2.0]), (6,))
+
+    out: dict = {}
+    ours, theirs = sparse(), sparse()
+    work = dist.all_reduce(ours, async_op=True)
+    work.wait()
+    dist.all_reduce(theirs, group=gloo)
+    out["sparse"] = [ours.to_dense().tolist(), theirs.to_dense().tolist()]
+    before = dist.group.WORLD.results_received
+    for dtype in (torch.float32, torch.bfloat16):
+        leaf, twin = (torch.full((50,), rank + 0.5, dtype=dtype, requires_grad=True) for _ in range(2))
+        dist.all_reduce(leaf)
+        dist.all_reduce(twin, group=gloo)
+        out[f"grad_{dtype}"] = [leaf[:2].tolist(), twin[:2].tolist(), leaf.requires_grad, leaf.is_leaf]
+    out["grad_results"] = dist.group.WORLD.results_received - before
+    return out
+
+
+def exit_without_destroy(rank: int, world: int) -> dict:
+    sub = dist.new_group()
+    dist.all_reduce(torch.ones(100))
+    dist.all_reduce(torch.ones(100), group=sub)
+    return {"jobs": [dist.group.WORLD.job, sub.job]}
+
+
+def dies_silently(rank: int, world: int) -> dict:
+    dist.all_reduce(torch.ones(100))
+    return {"job": dist.group.WORLD.job}  # main exits without leaving, as a killed process does
+
+
+def many_groups(rank: int, world: int) -> dict:
+    """More groups than the pool holds jobs; they take turns at the slots (idle release, joins that wait)."""
+    idle = [dist.new_group() for _ in range(10)]  # never all-reduce through the switch: no job
+    for g in idle:
+        dist.barrier(group=g)
+    out: dict = {"idle_held": sum(g.holds_job for g in idle), "sums": [], "held": []}
+    groups = [dist.new_group() for _ in range(8)]
+    start = time.monotonic()
+    for g in groups:
+        t = torch.full((1000,), rank + 1.0)
+        dist.all_reduce(t, group=g)
+        out["sums"].append(t[0].item())
+        out["held"].append(len(_jobs()))
+    again = torch.full((10,), 1.0)
+    dist.all_reduce(again, group=groups[0])  # given back by now: joins again
+    out["again"] = again[0].item()
+    out["generation"] = groups[0].job
+    out["seconds"] = time.monotonic() - start
+    return out
+
+
+def ddp_group_loop(rank: int, world: int) -> dict:
+    start = time.monotonic()
+    for step in range(50):
+        group = dist.new_group()
+        net = torch.nn.parallel.DistributedDataParallel(model(), process_group=group)
+        torch.manual_seed(step * world + rank)
+        net(torch.randn(4, 32)).sum().backward()
+        dist.destroy_process_group(group)
+    out = {"seconds": time.monotonic() - start}
+    dist.barrier()
+    out["pool"] = _controller().jobs()["pool"]
+    out["jobs"] = _jobs()
+    return out
 
 
 def main() -> int:
@@ -201,10 +320,12 @@ def main() -> int:
     result = globals()[scenario](rank, world)
     pg = dist.group.WORLD
     # How much went through the switch (not through the internal gloo group).
-    result["results_received"] = pg.client.stats.results if hasattr(pg, "client") else None
+    result["results_received"] = getattr(pg, "results_received", None)
     with open(out_path, "w") as f:
         json.dump(result, f)
-    if scenario != "peer_dies":
+    if scenario in ("peer_dies", "dies_silently"):
+        os._exit(0)  # no destroy_process_group, no interpreter exit: a process that is killed
+    if scenario != "exit_without_destroy":
         dist.destroy_process_group()
     return 0
 
