@@ -26,8 +26,8 @@ COMPILE_ARGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wextra", "-Werr
 EXTENSIONS = [
     Extension(
         "netagg.host_agent._native",
-        sources=["host_agent/native/module.c", "host_agent/native/quantize.c"],
-        depends=["host_agent/native/quantize.h"],
+        sources=["host_agent/native/module.c", "host_agent/native/quantize.c", "host_agent/native/burst.c"],
+        depends=["host_agent/native/quantize.h", "host_agent/native/burst.h"],
         extra_compile_args=COMPILE_ARGS,
     ),
     Extension(

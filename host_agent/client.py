@@ -27,13 +27,14 @@ from netagg.host_agent.errors import (
     JobLostError,
     JoinError,
     StreamDivergedError,
+    SwitchRestartedError,
 )
-from netagg.host_agent.heartbeat import Heartbeat
+from netagg.host_agent.heartbeat import Heartbeat, interval_for_lease
 from netagg.host_agent.netinfo import mac_for_address
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JobApi, JoinResult
 from netagg.host_agent.staging import Staged, exact_staged, stage
-from netagg.host_agent.timers import RtoConfig
+from netagg.host_agent.timers import RtoConfig, WindowConfig
 from netagg.host_agent.transport import Transport, TransportConfig, TransportStats
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ DEFAULT_WINDOW = 64
 #: Seconds an all-reduce may go without progress (no RESULT for it) before it fails.
 DEFAULT_DEADLINE = 30.0
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
+_DEFAULT_WINDOW_CONFIG = WindowConfig()
 
 
 class AllReduceClient:
@@ -62,8 +64,16 @@ class AllReduceClient:
         loss_seed: int | None = None,
         controller: JobApi | None = None,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        congestion: WindowConfig | None = _DEFAULT_WINDOW_CONFIG,
+        send_mode: str = "auto",
+        recv_mode: str = "auto",
     ) -> None:
-        """Run the protocol for an existing admission on ``sock`` (bound to the address the switch sends to)."""
+        """Run the protocol for an existing admission on ``sock`` (bound to the address the switch sends to).
+
+        ``congestion``: the congestion window's settings (``WindowConfig``), or None for a fixed window of W rounds
+        in flight. ``send_mode``/``recv_mode``: "auto" (UDP GSO/GRO where the kernel has them), or force
+        "sendmmsg"/"recvmmsg" (see docs/host_agent.md, "Bursts").
+        """
         if deadline <= 0:
             raise AgentInputError(f"deadline must be positive, got {deadline}")
         # Every worker must use the same W (chunk d rides slot d % W). The grant is the same for all ranks of a
@@ -90,10 +100,14 @@ class AllReduceClient:
             rto=rto or RtoConfig(),
             loss=loss,
             loss_seed=(loss_seed if loss_seed is not None else 0) * 1000 + session.rank,
+            congestion=congestion,
+            send_mode=send_mode,
+            recv_mode=recv_mode,
         )
         self._transport = Transport(session, sock, config, self._on_complete, self._on_fail)
         self._heartbeat = (
-            Heartbeat(controller, session.job, session.rank, heartbeat_interval, on_lost=self._job_lost)
+            Heartbeat(controller, session.job, session.rank, heartbeat_interval, on_lost=self._job_lost,
+                      switch_generation=session.switch_generation, on_switch_restart=self._switch_restarted)
             if controller is not None
             else None
         )
@@ -115,13 +129,15 @@ class AllReduceClient:
         lanes: int = DEFAULT_LANES,
         slots: int | None = None,
         join_timeout: float = 60.0,
+        lease_seconds: float | None = None,
         **options: Any,
     ) -> AllReduceClient:
         """Bind a UDP socket, join ``job`` through the controller (waits for all ranks) and start the client.
 
         ``window`` (an option) is the number of slots asked for; the window used is what the controller grants, so
         all ranks agree on it. Other ``options`` go to the constructor (deadline, rto, loss, loss_seed,
-        heartbeat_interval).
+        heartbeat_interval). ``lease_seconds`` asks the controller for a lease (None: its default): a process
+        that dies without leaving frees the job after it; heartbeats go at a quarter of the lease granted.
         """
         if bind in ("", "0.0.0.0"):
             raise AgentInputError(
@@ -145,15 +161,19 @@ class AllReduceClient:
                     lanes=lanes,
                     slots=slots,
                     timeout=join_timeout,
+                    lease_seconds=lease_seconds,
                 )
             except JoinError:
                 raise
             except Exception as exc:
                 raise JoinError(f"joining job {job!r} as rank {rank} of {world_size} failed: {exc}") from exc
             try:
-                session = JoinResult.from_answer(answer, job=job, rank=rank)
+                if not isinstance(answer, JoinResult):
+                    raise JoinError(f"joining job {job!r} as rank {rank}: the job API answered {answer!r}")
+                session = answer
                 if session.lease_seconds and "heartbeat_interval" not in options:
-                    options["heartbeat_interval"] = min(DEFAULT_HEARTBEAT_INTERVAL, session.lease_seconds / 4)
+                    options["heartbeat_interval"] = interval_for_lease(session.lease_seconds,
+                                                                       DEFAULT_HEARTBEAT_INTERVAL)
                 return cls(session, sock, controller=controller, **options)
             except BaseException:
                 _leave_quietly(controller, job, rank)  # joined but cannot run: free the job's place at once
@@ -259,6 +279,8 @@ class AllReduceClient:
         return threading.current_thread().name.startswith(self._completion_prefix + "_")
 
     def _check_open(self) -> None:
+        if isinstance(self._broken, AgentBrokenError):  # already says why the stream cannot continue
+            raise self._broken
         if self._broken is not None:
             raise AgentBrokenError(self._broken)
         if self._closed:
@@ -288,6 +310,11 @@ class AllReduceClient:
             )
         )
 
+    def _switch_restarted(self, joined: int, now: int) -> None:
+        self._transport.abort(
+            SwitchRestartedError(job=self.session.job, rank=self.session.rank, joined=joined, now=now)
+        )
+
     def _hand_over(self, fn: Any, arg: Any) -> None:
         """Run ``fn(arg)`` on the completion thread; inline if that has already stopped (never lose a future)."""
         try:
@@ -296,7 +323,7 @@ class AllReduceClient:
             fn(arg)
 
     def _on_fail(self, ops: list[Operation], error: BaseException) -> None:
-        if not isinstance(error, AgentClosedError):
+        if not isinstance(error, AgentClosedError) or isinstance(error, AgentBrokenError):
             self._broken = error
         for op in ops:
             if isinstance(error, AgentClosedError) or (

@@ -10,15 +10,16 @@ import numpy as np
 
 from netagg.host_agent import quantize as q
 from netagg.host_agent.collective import Collective
-from netagg.host_agent.staging import Staged, Target, join_int32
-from netagg.wire import LANE_DTYPE
+from netagg.host_agent.staging import Staged, Target, finished_values
 
 
 class Operation:
     """State of one all-reduce between submission and completion.
 
-    The transport thread writes ``sums`` (through ``sum_bytes``), ``used_exps`` and ``result_nonfinite`` row by
-    row (one row per RESULT); ``finish`` runs once every row has arrived, on the completion thread.
+    The transport thread quantizes each row of ``staged`` straight into a packet buffer (``used_exps`` keeps the
+    shared exponent it used) and, when the row's RESULT arrives, :meth:`land` writes the sum into the same row:
+    dequantized straight from the receive buffer (float), or as summed lane pairs (int32). ``finish`` runs once
+    every row has arrived, on the completion thread, and only hands the values over.
 
     An *abort* operation stands in for an all-reduce this rank gave up on (a local error): one all-zero chunk at
     the all-reduce's place in the stream, flagged ABORT, so the other ranks fail that all-reduce within a round
@@ -42,15 +43,9 @@ class Operation:
         self.descriptor = descriptor
         self.op_id = descriptor.op_id  # the ``op`` field of every UPDATE of this operation
         self.abort_error = abort_error  # set for an abort operation: the local error it stands for
-        m, lanes = staged.blocks.shape
+        m = staged.num_blocks
         self.first_chunk = -1  # global data-chunk index of row 0, assigned by the transport thread
-        # Summed lanes as they came on the wire (big-endian): the transport thread copies each RESULT's payload
-        # bytes into ``sum_bytes`` and ``finish`` byte-swaps them all at once, off that thread.
-        self.sum_bytes = bytearray(m * lanes * LANE_DTYPE.itemsize)
-        self.sums = np.frombuffer(self.sum_bytes, dtype=LANE_DTYPE).reshape(m, lanes)
         self.used_exps = np.zeros(m, dtype=np.int8)  # shared exponent each row was quantized with
-        self.result_nonfinite = np.zeros(m, dtype=bool)  # written only for flagged rows (each row arrives once)
-        self.done = np.zeros(m, dtype=bool)
         self.remaining = m
         self.future: Future[Any] = Future()
         self.submitted_at = time.monotonic()
@@ -60,24 +55,27 @@ class Operation:
         self.blocks = m  # num_blocks as a plain attribute, for per-packet use
         # Plain-int copies read once per packet by the transport thread (indexing numpy per packet costs more).
         self.block_exps: list[int] = staged.exps.tolist()
-        self.block_nonfinite: list[bool] = staged.nonfinite.tolist()
 
     @property
     def num_blocks(self) -> int:
         return self.staged.num_blocks
 
-    def finish(self) -> Any:
-        """Dequantize the sums and hand them to the caller's target; returns the all-reduce's value."""
+    def land(self, r0: int, sums: np.ndarray, nonfinite: np.ndarray) -> None:
+        """Write the summed lanes of rows ``r0 .. r0 + len(sums) - 1`` (wire byte order, any row stride) into
+        the staged rows; ``nonfinite`` flags the rows whose RESULT said NONFINITE (they become NaN)."""
         staged = self.staged
+        for a, b, rows in staged.parts(r0, r0 + len(sums)):
+            src = sums[a - r0 : b - r0]
+            if staged.exact:
+                rows[...] = src  # byte order converted by the copy
+            else:
+                q.dequantize(src, self.used_exps[a:b], self.num_workers, nonfinite[a - r0 : b - r0], out=rows)
+
+    def finish(self) -> Any:
+        """Hand the sums to the caller's target; returns the all-reduce's value."""
         if self.target is None:  # an abort operation: every rank gave up on it, there is no value
             return None
-        if staged.exact:
-            flat = join_int32(self.sums.reshape(-1), staged.count)
-        else:
-            out = staged.blocks  # no longer needed: every row has been quantized and sent
-            q.dequantize(self.sums, self.used_exps, self.num_workers, self.result_nonfinite, out=out)
-            flat = out.reshape(-1)[: staged.count]
-        return self.target.deliver(flat)
+        return finished_values(self.staged, self.target)
 
     @property
     def abort(self) -> bool:

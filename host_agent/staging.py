@@ -1,8 +1,19 @@
-"""Copying a caller's tensor into the agent's own padded block buffers, and the sum back out.
+"""A caller's tensor as blocks of ``lanes`` values, and the sum back out.
 
-The caller's memory is only read when an operation is submitted and only written when it completes, never from
-the transport thread. torch tensors are copied with torch ops (``copy_``) into a torch view of the agent's numpy
-buffer, so the caller's tensor is never exposed through ``.numpy()`` and any layout or dtype torch supports works.
+A staged tensor is ``head`` (whole blocks) and ``tail`` (at most one zero-padded partial block). The transport
+quantizes each block straight from there into a packet buffer and, when the block's RESULT arrives, writes the sum
+into the same rows (a sent block is never read again: a retransmission resends the packet's bytes). So memory
+stays at the tensor plus one block:
+
+* in-place float32 numpy arrays that are C-contiguous and writable are not copied at all: ``head`` is the caller's
+  array, viewed as blocks, and only the partial last block lives in ``tail``. The transport thread reads the
+  caller's array while sending and writes sums into it as they arrive (the caller does not touch the tensor
+  until the future is done; after a failed all-reduce its contents are unspecified, as with gloo or NCCL).
+* everything else (other dtypes, layouts, torch tensors, ``inplace=False``) is copied once into an agent-owned
+  float32 or int32 buffer (``head``, padded; ``tail`` empty); the result is taken from there when the
+  all-reduce completes. torch tensors are copied with torch ops (``copy_``) into a torch view of the agent's
+  numpy buffer, so the caller's tensor is never exposed through ``.numpy()`` and any layout or dtype torch
+  supports works.
 
 int32 travels as two lanes per element, the low 16 bits (unsigned) and the high 16 bits (signed), so that an n-way
 sum of either lane fits an int32 lane for any values (n <= 32: at most 32 * 65535 < 2**21). The sum is put back
@@ -13,7 +24,7 @@ same way whatever its values, so no rank can refuse a sum the others go on with.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,22 +40,45 @@ _NUMPY_INT = np.dtype(np.int32)
 
 @dataclass(slots=True)
 class Staged:
-    """One tensor laid out as ``m`` blocks of ``lanes`` values (the last one zero-padded)."""
+    """One tensor laid out as ``m`` blocks of ``lanes`` values: ``head`` rows, then ``tail`` rows (0 or 1)."""
 
     exact: bool  # int32: two lanes per element, summed exactly (no scaling, exponent 0)
-    blocks: np.ndarray  # (m, lanes) float32, or int32 lanes (low, high, low, high, ...) when exact
+    head: np.ndarray  # (h, lanes) float32, or int32 lanes (low, high, low, high, ...) when exact
     exps: np.ndarray  # (m,) int8: this worker's block exponents (0 when exact)
     nonfinite: np.ndarray  # (m,) bool
     count: int  # number of real elements
     dtype: str = ""  # the caller's dtype, as every rank names it ('float32' for numpy's and torch's alike)
+    #: (m - h, lanes): the zero-padded partial last block when ``head`` is the caller's own memory, else no rows.
+    tail: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    #: ``head`` is the caller's array (an in-place float32 all-reduce that needed no copy).
+    caller_memory: bool = False
 
     @property
     def num_blocks(self) -> int:
-        return self.blocks.shape[0]
+        return self.head.shape[0] + self.tail.shape[0]
 
     @property
     def encoding(self) -> str:
         return ENCODING_INT32X2 if self.exact else ENCODING_BFP
+
+    def parts(self, r0: int, r1: int) -> list[tuple[int, int, np.ndarray]]:
+        """Rows ``r0 .. r1 - 1`` as ``(start, stop, rows)`` pieces that are each one array view (head or tail)."""
+        h = self.head.shape[0]
+        if r1 <= h:
+            return [(r0, r1, self.head[r0:r1])]
+        if r0 >= h:
+            return [(r0, r1, self.tail[r0 - h : r1 - h])]
+        return [(r0, h, self.head[r0:]), (h, r1, self.tail[: r1 - h])]
+
+    def block(self, row: int) -> np.ndarray:
+        """Row ``row`` (a view)."""
+        return self.parts(row, row + 1)[0][2][0]
+
+    def flat(self) -> np.ndarray:
+        """The ``count`` values (or summed lanes) in order: a view, or a new array when head and tail are split."""
+        if not self.tail.shape[0]:
+            return self.head.reshape(-1)
+        return np.concatenate((self.head.reshape(-1), self.tail.reshape(-1)))
 
 
 class Target:
@@ -65,7 +99,9 @@ class _NumpyTarget(Target):
         if self.inplace:
             np.copyto(x, flat.reshape(x.shape), casting="same_kind")
             return x
-        return flat.reshape(x.shape).astype(x.dtype, copy=True)
+        # ``flat`` is the agent's own staging buffer, no longer used by anyone: hand it over when it already has
+        # the dtype (no second copy of the tensor).
+        return flat.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 class _TorchTarget(Target):
@@ -130,6 +166,33 @@ def _float_staged(blocks: np.ndarray, count: int, dtype: str) -> Staged:
     return Staged(False, blocks, exps, nonfinite, count, dtype)
 
 
+def _in_place_staged(x: np.ndarray, lanes: int) -> Staged:
+    """A C-contiguous writable float32 array as blocks without a copy: whole blocks are ``x`` itself."""
+    flat = x.reshape(-1)
+    h = flat.size // lanes
+    head = flat[: h * lanes].reshape(h, lanes)
+    tail = _alloc(flat.size - h * lanes, lanes, np.dtype(np.float32))
+    tail.reshape(-1)[: flat.size - h * lanes] = flat[h * lanes :]
+    exps, nonfinite = q.block_exponents(head)
+    if tail.shape[0]:
+        tail_exps, tail_nonfinite = q.block_exponents(tail)
+        exps, nonfinite = np.concatenate((exps, tail_exps)), np.concatenate((nonfinite, tail_nonfinite))
+    return Staged(False, head, exps, nonfinite, flat.size, dtype_name(x.dtype), tail, caller_memory=True)
+
+
+def finished_values(staged: Staged, target: Target) -> Any:
+    """The summed values (landed in ``staged``'s rows) handed to ``target``; returns what ``allreduce`` returns."""
+    if staged.caller_memory:  # the sums landed in the caller's array; only the partial last block is ours
+        head_values = staged.head.size
+        rest = staged.count - head_values
+        if rest:
+            target.tensor.reshape(-1)[head_values:] = staged.tail.reshape(-1)[:rest]
+        return target.tensor
+    if staged.exact:
+        return target.deliver(join_int32(staged.head.reshape(-1), staged.count))
+    return target.deliver(staged.head.reshape(-1)[: staged.count])
+
+
 def _stage_numpy(x: np.ndarray, lanes: int, inplace: bool) -> tuple[Staged, Target]:
     if x.dtype == _NUMPY_INT:
         exact = True
@@ -145,6 +208,8 @@ def _stage_numpy(x: np.ndarray, lanes: int, inplace: bool) -> tuple[Staged, Targ
     dtype = dtype_name(x.dtype)
     if exact:
         return exact_staged(split_int32(x.reshape(-1), lanes), x.size, dtype), _NumpyTarget(x, inplace)
+    if inplace and x.dtype == np.float32 and x.flags.c_contiguous:
+        return _in_place_staged(x, lanes), _NumpyTarget(x, inplace)
     blocks = _alloc(x.size, lanes, np.dtype(np.float32))
     blocks.reshape(-1)[: x.size] = x.reshape(-1)  # casts float16/float64 into the float32 staging
     return _float_staged(blocks, x.size, dtype), _NumpyTarget(x, inplace)

@@ -16,15 +16,21 @@ Every UPDATE carries the worker's key and the ``op`` id of the collective its ch
 a RESULT must carry the worker's key back. A RESULT flagged MISMATCH (the ranks' collectives at this point of the
 stream differ) or ABORT (a rank gave up on the collective) fails the collective and stops the transport: the
 ranks no longer agree on the stream, and continuing could only add chunks of different collectives together.
+
+Data path: every slot's packet is one row of a (W, message) byte array; a burst of slots is quantized straight into
+their rows' big-endian lanes, their headers are written as vectors (``burst.HEADER_DTYPE``) and consecutive rows go
+out with one system call (``burst.BurstSocket``). Received bursts are checked as vectors, and the sums are
+dequantized straight from the receive buffer into the operation's rows. Per-slot state lives in arrays; Python
+runs once per slot only for the queue bookkeeping. A congestion window (timers.CongestionWindow) bounds the
+rounds in flight, oldest round first, so every worker always sends the round the job waits for.
 """
 
 from __future__ import annotations
 
 import enum
-import errno
 import logging
+import os
 import queue
-import random
 import select
 import socket
 import threading
@@ -37,7 +43,9 @@ from itertools import islice
 import numpy as np
 
 from netagg.constants import FLAGS_DEFINED, Flag, MsgType
+from netagg.host_agent import _native
 from netagg.host_agent import quantize as q
+from netagg.host_agent.burst import SOFT_SEND_ERRORS, BurstSocket, headers
 from netagg.host_agent.collective import RecentOps
 from netagg.host_agent.errors import (
     AgentBrokenError,
@@ -50,17 +58,15 @@ from netagg.host_agent.errors import (
 )
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JoinResult
-from netagg.host_agent.timers import DeadlineHeap, RtoConfig, RttEstimator
+from netagg.host_agent.timers import CongestionWindow, DeadlineHeap, RtoConfig, RttEstimator, WindowConfig
 from netagg.wire import (
     EXP_MAX,
     HEADER_BYTES,
-    LANE_DTYPE,
     SLOT_MAX,
     header_byte0,
     header_struct,
     message_bytes,
     pack_header,
-    pool_index,
 )
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,26 @@ _DIVERGED = _ABORT | _MISMATCH
 _ACTIVE_SHOWN = 16
 _UNDEFINED_FLAGS = ~FLAGS_DEFINED & 0xFF
 _HEADER = header_struct()
+_NO_SLOTS = np.zeros(0, np.int64)
+
+
+def _index(a: np.ndarray) -> slice | np.ndarray:
+    """``a`` (int64 slot numbers or positions) as a slice when it is one consecutive ascending range."""
+    n = len(a)
+    if n and int(a[-1]) - int(a[0]) == n - 1 and (n < 3 or (a[1:] > a[:-1]).all()):
+        return slice(int(a[0]), int(a[0]) + n)
+    return a
+
+
+def _runs(x: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` index ranges over which both ``x`` and ``y`` step by one (one call per range)."""
+    n = len(x)
+    if int(x[-1]) - int(x[0]) == n - 1 == int(y[-1]) - int(y[0]) and (
+        n < 3 or ((x[1:] > x[:-1]).all() and (y is x or (y[1:] > y[:-1]).all()))
+    ):
+        return [(0, n)]  # the usual burst: consecutive slots answering consecutive rows
+    breaks = (np.flatnonzero((np.diff(x) != 1) | (np.diff(y) != 1)) + 1).tolist()
+    return list(zip([0, *breaks], [*breaks, n]))
 
 
 class Phase(enum.IntEnum):
@@ -104,6 +130,10 @@ class TransportConfig:
     loss: float = 0.0  # fraction of outgoing packets dropped on purpose (tests, demos)
     loss_seed: int = 0
     socket_buffer: int = 4 << 20
+    #: Congestion window (rounds in flight, at most W); None: no congestion control, W rounds in flight.
+    congestion: WindowConfig | None = field(default_factory=WindowConfig)
+    send_mode: str = "auto"  # "gso", "sendmmsg" or "auto" (GSO where the kernel takes it)
+    recv_mode: str = "auto"  # "gro", "recvmmsg" or "auto" (GRO where the kernel takes it)
 
 
 @dataclass(slots=True)
@@ -123,6 +153,12 @@ class TransportStats:
     # Datagrams from an address other than the switch's that were queued before the socket was connected to
     # the switch; afterwards the kernel drops them (and answers ICMP port unreachable) before they reach us.
     foreign: int = 0
+    send_mode: str = ""  # how bursts go out: "gso" (one sendmsg per up to 64 datagrams) or "sendmmsg"
+    recv_mode: str = ""  # how bursts come in: "gro" (coalesced runs) or "recvmmsg"
+    send_calls: int = 0  # system calls that sent datagrams
+    recv_calls: int = 0  # system calls that received (or found the socket empty)
+    window_decreases: int = 0  # congestion events (a loss, or a queue building up) that shrank the window
+    window: float = 0.0  # the congestion window (rounds in flight) now
 
 
 class Transport:
@@ -148,48 +184,65 @@ class Transport:
         self._on_complete = on_complete
         self._on_fail = on_fail
         self._size = session.size_code
+        self._lanes = session.lanes
         self._msg_len = message_bytes(session.lanes)
         self._n = session.world_size
 
         w = config.window
         self._w = w
-        self._phase = [_NEED_WARMUP] * w
-        self._round = [0] * w  # round number j of the slot's current (or next) round
+        slots = np.arange(w, dtype=np.int64)
+        self._slots = slots
+        self._phase = np.full(w, _NEED_WARMUP, np.int8)
+        self._round = np.zeros(w, np.int64)  # round number j of the slot's current (or next) round
         # Header fields of each slot's current round, kept in step with _round (a completed round bumps them).
-        self._pools = [(pool_index(s, 0), pool_index(s, 1)) for s in range(w)]
-        self._tsi = list(range(w))  # (j * W + s) mod 2**32
-        self._pool = [pools[0] for pools in self._pools]  # pool_index(s, j % 2)
+        self._tsi = slots.astype(np.uint32)  # (j * W + s) mod 2**32
+        self._pool = slots.astype(np.uint16)  # pool_index(s, j % 2)
         self._update_b0 = header_byte0(MsgType.UPDATE, self._size)
         self._result_b0 = header_byte0(MsgType.RESULT, self._size)
         self._job_id = session.job_id
         self._key = session.key
-        self._shared_exp = [0] * w
-        self._queue: list[deque[list]] = [deque() for _ in range(w)]  # entries [op, row]: chunks for the slot
-        self._out_op: list[Operation | None] = [None] * w
-        self._out_row = [0] * w
-        self._sent_at = [0.0] * w  # first transmission of the slot's round in flight
-        self._last_tx = [0.0] * w  # latest (re)transmission
+        self._shared_exp = np.zeros(w, np.int16)
+        # The operations with chunks still to send on each slot, oldest first; the head's next row on the slot.
+        self._queue: list[deque[Operation]] = [deque() for _ in range(w)]
+        self._queued = np.zeros(w, np.int64)  # len(self._queue[s]), as an array
+        self._head_row = np.zeros(w, np.int64)
+        self._head_opidx = np.full(w, -1, np.int64)  # self._queue[s][0].index
+        # The data round in flight on each slot: its operation (index, -1 for none) and row; and the op id the
+        # slot's round in flight carries (data or warm-up), which its RESULT must echo.
+        self._out_opidx = np.full(w, -1, np.int64)
+        self._out_row = np.zeros(w, np.int64)
+        self._out_opid = np.zeros(w, np.uint32)
+        self._sent_at = np.zeros(w)  # first transmission of the slot's round in flight
+        self._last_tx = np.zeros(w)  # latest (re)transmission
         self._last_result = 0.0  # when the latest accepted RESULT arrived, on any slot
         self._retx_share = 0.0  # moving share of rounds that needed a retransmission (over ~W rounds)
-        self._attempts = [0] * w
-        self._slot_rto = [0.0] * w
-        self._generation = [0] * w
-        self._pkt = [bytearray(self._msg_len) for _ in range(w)]
-        self._pkt_lanes = [np.frombuffer(p, dtype=LANE_DTYPE, offset=HEADER_BYTES) for p in self._pkt]
-        self._pkt_payload = [memoryview(p)[HEADER_BYTES:] for p in self._pkt]
-        for s, pkt in enumerate(self._pkt):
-            # Validates the fields that never change (size, job, slot) once; per packet only the Struct packs.
-            pack_header(pkt, 0, msg_type=MsgType.UPDATE, size=self._size, job=self._job_id, tsi=s, slot=s, set=0,
-                        exp=0, key=self._key)  # fmt: skip
+        self._attempts = np.zeros(w, np.int64)
+        self._slot_rto = np.zeros(w)
+        self._generation = np.zeros(w, np.int64)
+        self._inflight = 0  # slots with a round out (WARMUP_OUT or DATA_OUT)
+        # Every slot's packet: row s. Constant fields are validated once, then copied to every row.
+        self._pkts = np.zeros((w, self._msg_len), np.uint8)
+        pack_header(self._pkts[0], 0, msg_type=MsgType.UPDATE, size=self._size, job=self._job_id, tsi=0, slot=0,
+                    set=0, exp=0, key=self._key)  # fmt: skip
+        self._pkts[1:, :HEADER_BYTES] = self._pkts[0, :HEADER_BYTES]
+        self._hdr = headers(self._pkts, w, self._msg_len)
+        self._hdr["tsi"] = self._tsi
+        self._hdr["pool"] = self._pool
+        self._pkt_lanes = q.lane_view(self._pkts, w, session.lanes, offset=HEADER_BYTES, stride=self._msg_len)
         self._pending: set[int] = set()  # slots that may be able to send
+        # Header fields of the burst being sent, by slot.
+        self._tx_exp = np.zeros(w, np.int8)
+        self._tx_flags = np.zeros(w, np.uint8)
+        self._tx_op = np.zeros(w, np.uint32)
         self._timers = DeadlineHeap()
-        self._armed: list[tuple[int, int]] = []  # (slot, generation) first sent in this pass: one timer entry
         self._rtt = RttEstimator(config.rto)
-        self._rng = random.Random(config.loss_seed)
+        self._cwnd = CongestionWindow(w, config.congestion) if config.congestion is not None else None
+        self.stats.window = float(self._cwnd.limit if self._cwnd else w)
+        self._loss_rng = np.random.default_rng(config.loss_seed)
 
         self._rbuf = bytearray(self._msg_len + 64)  # larger than a message, so oversized datagrams are seen
-        self._rpayload = memoryview(self._rbuf)[HEADER_BYTES : self._msg_len]
         self._payload_bytes = self._msg_len - HEADER_BYTES
+        self._budget = 4 * w + 64  # datagrams taken off the socket per loop pass
 
         self._next_chunk = 0  # global index of the next submitted chunk
         self._active: dict[int, Operation] = {}  # submitted, not completed, by operation index
@@ -212,12 +265,20 @@ class Transport:
                 sock.setsockopt(socket.SOL_SOCKET, opt, config.socket_buffer)
             except OSError:  # pragma: no cover - a smaller buffer only means more retransmissions
                 log.warning("could not set socket buffer option %s to %d", opt, config.socket_buffer)
-        # Connected: send() skips the per-call address parsing and route lookup of sendto(), and the kernel
-        # delivers only the switch's datagrams, so recv_into() needs no source check.
+        # Connected: sends need no address, and the kernel delivers only the switch's datagrams, so a received
+        # burst needs no source check.
         sock.connect(self._dst)
         self._drain_unconnected()
-        self._send = sock.send
-        self._recv_into = sock.recv_into
+        self._io = BurstSocket(sock, self._msg_len, self._budget, send_mode=config.send_mode,
+                               recv_mode=config.recv_mode)  # fmt: skip
+        self.stats.send_mode, self.stats.recv_mode = self._io.send_mode, self._io.recv_mode
+        self._rhdr = headers(self._io.rbuf, self._budget, self._msg_len)
+        self._expect = (self._result_b0, self._job_id, _UNDEFINED_FLAGS, self._key)
+        self._seen = np.zeros(w, np.uint8)  # scratch of the RESULT check
+        self._acc_pos = np.zeros(self._budget, np.int64)  # burst positions and slots of the accepted RESULTs
+        self._acc_slot = np.zeros(self._budget, np.int64)
+        self._rlanes = q.lane_view(self._io.rbuf, self._budget, session.lanes, offset=HEADER_BYTES,
+                                   stride=self._msg_len)  # fmt: skip
         self._loss = config.loss
 
     # --- any thread ----------------------------------------------------------------------------------------
@@ -279,13 +340,16 @@ class Transport:
         while not self._stop:
             if self._abort is not None:
                 raise self._abort
-            self._receive(budget=4 * self._w + 64)
+            self._receive()
             # After receiving, right before packing: an all-reduce submitted before a RESULT arrived is queued by
             # the time that RESULT's slot announces its next chunk (what makes the chain's behaviour predictable).
             self._drain_submissions()
             now = time.monotonic()
             self._retransmit_expired(now)
             self._send_pending(now)
+            if self._cwnd is not None:
+                self.stats.window = self._cwnd.cwnd
+                self.stats.window_decreases = self._cwnd.decreases
             if self._active and now >= deadline_check:
                 self._check_deadlines(now)
                 deadline_check = now + min(0.01, self.config.deadline / 10)
@@ -322,9 +386,13 @@ class Transport:
             return
         self._active[op.index] = op
         self._recent.add(op.op_id, op.index, op.descriptor)
-        for s in range(min(w, m)):
-            slot = (op.first_chunk + s) % w
-            self._queue[slot].append([op, s])
+        for row in range(min(w, m)):
+            slot = (op.first_chunk + row) % w
+            if not self._queue[slot]:
+                self._head_row[slot] = row
+                self._head_opidx[slot] = op.index
+            self._queue[slot].append(op)
+            self._queued[slot] += 1
             self._pending.add(slot)
 
     # --- receive -------------------------------------------------------------------------------------------
@@ -363,100 +431,148 @@ class Transport:
             and (pool & SLOT_MAX) < self._w
         )
 
-    def _receive(self, budget: int) -> None:
-        """Take up to ``budget`` datagrams off the socket and complete the rounds they answer."""
-        # The checks of _well_formed and the bookkeeping of a finished round, inlined: this runs once per packet.
-        recv_into, rbuf, msg_len, stats = self._recv_into, self._rbuf, self._msg_len, self.stats
-        unpack = _HEADER.unpack_from
-        result_b0, job_id, key_ours, w = self._result_b0, self._job_id, self._key, self._w
-        phases, tsis, pools, attempts = self._phase, self._tsi, self._pool, self._attempts
-        rounds, slot_pools, generation, pending = self._round, self._pools, self._generation, self._pending
-        out_op, out_row, shared_exp, queues = self._out_op, self._out_row, self._shared_exp, self._queue
-        payload, nb = self._rpayload, self._payload_bytes
-        now = 0.0
-        rtt_sampled = False  # one RTT sample per pass is plenty, and spares a float update per packet
-        share = self._retx_share
-        accepted = 0
-        try:
-            for _ in range(budget):
-                try:
-                    n = recv_into(rbuf)
-                except BlockingIOError:
-                    return
-                except ConnectionRefusedError:
-                    continue  # ICMP port unreachable after an earlier send: the switch is not up (yet)
-                if n != msg_len:
-                    stats.malformed += 1
-                    continue
-                b0, job, tsi, pool, exp, flags, key, op_id = unpack(rbuf)
-                # b0 holds version, msg_type, the reserved bit and the size code: one comparison checks them all.
-                if b0 != result_b0 or job != job_id or flags & _UNDEFINED_FLAGS:
-                    stats.malformed += 1
-                    continue
-                if key != key_ours:
-                    stats.forged += 1
-                    continue
-                s = pool & SLOT_MAX
-                if s >= w:
-                    stats.malformed += 1
-                    continue
-                phase = phases[s]
-                if phase < _WARMUP_OUT or tsi != tsis[s] or pool != pools[s]:  # pool also holds the set bit
-                    stats.duplicate_results += 1
-                    continue
-                # The collective whose chunk (data round) or announced chunk (warm-up) this round carried.
-                ours = out_op[s] if phase == _DATA_OUT else queues[s][0][0]
-                assert ours is not None
-                if flags & _DIVERGED or op_id != ours.op_id:
-                    self._check_diverged(ours, flags, op_id)  # raises unless every rank gave up on it alike
-                # The round is complete.
-                accepted += 1
-                if not now:
-                    now = time.monotonic()  # once per pass: the datagrams were all queued by then
-                    self._last_result = now
-                if attempts[s] == 0:
-                    if not rtt_sampled:
-                        self._rtt.sample(now - self._sent_at[s])
-                        rtt_sampled = True
-                    share -= share / w
+    def _receive(self) -> None:
+        """Take a burst of datagrams off the socket and complete the rounds they answer."""
+        stats = self.stats
+        good, wrong = self._io.recv(self._budget)
+        stats.recv_calls = self._io.recv_calls
+        stats.recv_mode = self._io.recv_mode
+        stats.malformed += wrong
+        if not good:
+            return
+        # Every check of a RESULT, on the whole burst at once (compiled: one pass over the headers).
+        accepted, malformed, forged, duplicates = _native.match_results(
+            self._io.rbuf, good, self._msg_len, self._expect, self._phase, _WARMUP_OUT, self._tsi, self._pool,
+            self._seen, self._acc_pos, self._acc_slot,
+        )  # fmt: skip
+        stats.malformed += malformed
+        stats.forged += forged
+        stats.duplicate_results += duplicates
+        pos, s = self._acc_pos[:accepted], self._acc_slot[:accepted]
+        if len(s):
+            self._complete(pos, s)
+
+    def _complete(self, pos: np.ndarray, s_arr: np.ndarray) -> None:
+        """Finish the rounds of slots ``s_arr``, answered by the RESULTs at burst positions ``pos``."""
+        h = self._rhdr
+        now = time.monotonic()  # the datagrams were all queued by then
+        self._last_result = now
+        w = self._w
+        si = _index(s_arr)  # a slice when the slots are consecutive (the usual burst): cheaper than an array
+        phases_before = self._phase[si].copy()  # a view of a slice would change with the slots' phases
+        clean = self._attempts[si] == 0
+        n_clean = int(clean.sum())
+        if n_clean:  # one RTT sample per burst is plenty
+            first = int(s_arr[int(np.argmax(clean))])
+            rtt = now - float(self._sent_at[first])
+            self._rtt.sample(rtt)
+            if self._cwnd is not None:
+                self._cwnd.on_rtt(rtt, float(self._sent_at[first]), now)
+        if self._cwnd is not None:
+            self._cwnd.on_results(n_clean)
+        share = self._retx_share  # moving share of rounds that needed a retransmission
+        share += (len(s_arr) - n_clean) * (1.0 - share) / w - n_clean * share / w
+        self._retx_share = min(max(share, 0.0), 1.0)
+        pi = _index(pos)
+        exps = h["exp"][pi]
+        flags = h["flags"][pi]
+        op_ids = h["op"][pi]
+        plain = not ((flags & _DIVERGED).any() or (op_ids != self._out_opid[si]).any())
+        if plain and (phases_before == _DATA_OUT).all():
+            done = self._complete_data(pos, s_arr, si, exps, now)
+        else:
+            done = self._complete_each(pos, s_arr, phases_before, exps.tolist(), flags.tolist(), op_ids.tolist(), now)
+        # Every slot moves to its next round (a bumped generation makes its retransmission deadline stale).
+        self._inflight -= len(s_arr)
+        self._generation[si] += 1
+        rounds = self._round[si] + 1
+        self._round[si] = rounds
+        self._tsi[si] = (rounds * w + s_arr) & _TSI_MASK
+        self._pool[si] = s_arr | ((rounds & 1) << 15)
+        self._pending.update(s_arr.tolist())
+        for op in done:
+            del self._active[op.index]
+            self._on_complete(op)
+        self.stats.results += len(s_arr)
+
+    def _complete_data(self, pos: np.ndarray, s_arr: np.ndarray, si: slice | np.ndarray, exps: np.ndarray,
+                       now: float) -> list[Operation]:  # fmt: skip
+        """The common case, on arrays: every RESULT answers a data round, none flagged or of another op."""
+        unknown = exps == EXP_UNKNOWN
+        unannounced = ~unknown & (self._queued[si] == 0)
+        if unannounced.any():
+            raise self._unannounced_exponent(int(s_arr[int(np.argmax(unannounced))]))
+        self._phase[si] = np.where(unknown, _NEED_WARMUP, _READY)
+        self._shared_exp[si] = exps
+        opidx = self._out_opidx[si].copy()
+        self._out_opidx[si] = -1
+        if (opidx == opidx[0]).all():  # one operation: the usual case
+            groups = [(int(opidx[0]), self._out_row[si], pos)]
+        else:
+            groups = [(i, self._out_row[s_arr[opidx == i]], pos[opidx == i]) for i in np.unique(opidx).tolist()]
+        done = []
+        for index, rows, positions in groups:
+            op = self._active[index]
+            self._land(op, rows, positions)
+            op.progress_at = now
+            op.remaining -= len(rows)
+            if op.remaining == 0:
+                done.append(op)
+        return done
+
+    def _complete_each(self, pos: np.ndarray, s_arr: np.ndarray, phases_before: np.ndarray, exps: list[int],
+                       flags: list[int], op_ids: list[int], now: float) -> list[Operation]:  # fmt: skip
+        """Any mix of data and warm-up rounds, flags and ops, slot by slot (divergence raises here)."""
+        phases, queues, out_row, shared_exp, out_opidx = (
+            self._phase, self._queue, self._out_row, self._shared_exp, self._out_opidx
+        )
+        landed: dict[int, tuple[Operation, list[int], list[int]]] = {}  # op index -> (op, rows, positions)
+        done: list[Operation] = []
+        for k, (s, phase) in enumerate(zip(s_arr.tolist(), phases_before.tolist())):
+            exp, fl, op_id = exps[k], flags[k], op_ids[k]
+            # The collective whose chunk (data round) or announced chunk (warm-up) this round carried.
+            ours = self._active[int(out_opidx[s])] if phase == _DATA_OUT else queues[s][0]
+            if fl & _DIVERGED or op_id != ours.op_id:
+                self._check_diverged(ours, fl, op_id)  # raises unless every rank gave up on it alike
+            if phase == _DATA_OUT:
+                op = ours
+                out_opidx[s] = -1
+                entry = landed.get(op.index)
+                if entry is None:
+                    entry = landed[op.index] = (op, [], [])
+                entry[1].append(int(out_row[s]))
+                entry[2].append(int(pos[k]))
+                op.progress_at = now
+                op.remaining -= 1
+                if op.remaining == 0:
+                    done.append(op)
+                if exp == EXP_UNKNOWN:
+                    phases[s] = _NEED_WARMUP
+                elif not queues[s]:
+                    raise self._unannounced_exponent(s)
                 else:
-                    share += (1.0 - share) / w
-                generation[s] += 1  # invalidates the slot's pending retransmission deadline
-                j = rounds[s] = rounds[s] + 1
-                tsis[s] = (j * w + s) & _TSI_MASK
-                pools[s] = slot_pools[s][j & 1]
-                if phase == _DATA_OUT:
-                    op = ours
-                    row = out_row[s]
-                    out_op[s] = None
-                    op.sum_bytes[row * nb : (row + 1) * nb] = payload  # wire bytes; finish() byte-swaps
-                    if flags & _NONFINITE:
-                        op.result_nonfinite[row] = True
-                    op.progress_at = now
-                    op.remaining -= 1
-                    if op.remaining == 0:
-                        del self._active[op.index]
-                        self._on_complete(op)
-                    if exp == EXP_UNKNOWN:
-                        phases[s] = _NEED_WARMUP
-                    elif not queues[s]:
-                        raise self._unannounced_exponent(s)
-                    else:
-                        phases[s] = _READY
-                        shared_exp[s] = exp
-                else:  # warm-up: the exponent is for the chunk it announced; a data round always follows
                     phases[s] = _READY
                     shared_exp[s] = exp
-                pending.add(s)
-        finally:
-            self._retx_share = share
-            stats.results += accepted
+            else:  # warm-up: the exponent is for the chunk it announced; a data round always follows
+                phases[s] = _READY
+                shared_exp[s] = exp
+        for op, rows, positions in landed.values():
+            self._land(op, np.asarray(rows), np.asarray(positions))
+        return done
+
+    def _land(self, op: Operation, r: np.ndarray, p: np.ndarray) -> None:
+        """Write the RESULTs at burst positions ``p`` into ``op``'s rows ``r``: one call per run of consecutive
+        rows at consecutive positions (a burst answers rows in order, so there is usually one)."""
+        flags = self._rhdr["flags"]
+        for a, b in _runs(r, p):
+            p0, p1 = int(p[a]), int(p[b - 1]) + 1
+            op.land(int(r[a]), self._rlanes[p0:p1], (flags[p0:p1] & _NONFINITE) != 0)
 
     def _unannounced_exponent(self, s: int) -> RuntimeError:
         """The error for a RESULT that gives slot ``s`` a shared exponent although it announced none."""
         return RuntimeError(
             f"protocol error on slot {s}: the RESULT of round tsi "
-            f"{((self._round[s] - 1) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
+            f"{(int(self._round[s]) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
             "chunk this worker announced as unknown (do all workers use the same window and issue the "
             "same all-reduces?)"
         )
@@ -500,48 +616,85 @@ class Transport:
         qd = self._queue[s]
         if not qd:
             return EXP_UNKNOWN
-        op, row = qd[0]
-        return op.block_exps[row]
+        return qd[0].block_exps[int(self._head_row[s])]
+
+    def _sendable(self) -> np.ndarray:
+        """The pending slots that can send now, oldest round first, as many as the congestion window allows.
+
+        Slots left out stay pending. Whatever the window, the oldest unfinished round of this worker may always
+        go: every worker sends that round, so the job never waits on rounds nobody is allowed to send.
+        """
+        phases, w = self._phase, self._w
+        slots = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
+        self._pending.clear()
+        phase = phases[slots]
+        slots = slots[(phase == _READY) | ((phase == _NEED_WARMUP) & (self._queued[slots] > 0))]
+        if not len(slots):
+            return _NO_SLOTS
+        seq = self._round[slots] * w + slots  # the rounds' order in the stream (tsi before the wrap)
+        slots = slots[np.argsort(seq, kind="stable")]
+        if self._cwnd is None:
+            return slots
+        allowed = self._cwnd.limit - self._inflight
+        if allowed <= 0:
+            out = self._phase >= _WARMUP_OUT
+            oldest_out = (self._round[out] * w + self._slots[out]).min() if self._inflight else None
+            allowed = 1 if oldest_out is None or int(seq.min()) < int(oldest_out) else 0
+        self._pending.update(slots[allowed:].tolist())
+        return slots[:allowed]
 
     def _send_pending(self, now: float) -> None:
         if not self._pending:
             return
-        by_op: dict[int, list[int]] = {}
-        for s in self._pending:
-            phase = self._phase[s]
-            if phase == _READY:
-                op = self._queue[s][0][0]  # READY implies the announced chunk is queued
-                by_op.setdefault(op.index, []).append(s)
-            elif phase == _NEED_WARMUP and self._queue[s]:
-                self._send_warmup(s, now)
-        self._pending.clear()
-        for slots in by_op.values():
-            self._send_data(slots, now)
-        # Every first transmission of this pass shares the send time and the timeout: one timer entry for all.
-        self._timers.push_many(now + self._rtt.rto, self._armed)
-        self._armed = []
-
-    def _send_warmup(self, s: int, now: float) -> None:
-        op = self._queue[s][0][0]
-        self._pkt_lanes[s].fill(0)
-        # The warm-up belongs to the collective of the chunk it announces: it carries that op (and its ABORT).
-        self._pack(s, self._announce(s), _ABORT if op.abort else 0, op.op_id)
-        self._phase[s] = _WARMUP_OUT
-        if op.started_at is None:
-            op.started_at = op.progress_at = now
-        self.stats.warmups_sent += 1
-        self._first_send(s, now)
-
-    def _send_data(self, slots: list[int], now: float) -> None:
-        """Quantize the head chunks of ``slots`` (all of one operation) in one call and send them."""
+        chosen = self._sendable()
+        if not len(chosen):
+            return
         queues = self._queue
-        op = queues[slots[0]][0][0]
-        rows = np.fromiter((queues[s][0][1] for s in slots), dtype=np.intp, count=len(slots))
-        shared = np.fromiter((self._shared_exp[s] for s in slots), dtype=np.int16, count=len(slots))
+        ready = self._phase[chosen] == _READY
+        # Header fields of this burst, per slot; tsi and pool_index are kept per slot already.
+        exps, flags, op_ids = self._tx_exp, self._tx_flags, self._tx_op
+        if not ready.all():
+            warm = chosen[~ready]
+            self._pkt_lanes[warm] = 0
+            for s in warm.tolist():
+                op = queues[s][0]
+                # The warm-up belongs to the collective of the chunk it announces: it carries that op (and its
+                # ABORT).
+                exps[s] = self._announce(s)
+                flags[s] = _ABORT if op.abort else 0
+                op_ids[s] = self._out_opid[s] = op.op_id
+                if op.started_at is None:
+                    op.started_at = op.progress_at = now
+            self._phase[warm] = _WARMUP_OUT
+            self.stats.warmups_sent += len(warm)
+        data = chosen[ready]
+        if len(data):
+            heads = self._head_opidx[data]
+            if (heads == heads[0]).all():
+                self._quantize_into_packets(self._active[int(heads[0])], data, now)
+            else:
+                for index in np.unique(heads).tolist():
+                    self._quantize_into_packets(self._active[index], data[heads == index], now)
+        sent = chosen
+        _native.write_headers(self._pkts, self._msg_len, sent, self._tsi, self._pool, exps, flags, op_ids)
+        self._attempts[sent] = 0
+        self._sent_at[sent] = now
+        self._last_tx[sent] = now
+        rto = self._rtt.rto
+        self._slot_rto[sent] = rto
+        self._inflight += len(sent)
+        # Every first transmission of this pass shares the send time and the timeout: one timer entry for all.
+        self._timers.push(now + rto, sent, self._generation[sent])
+        self._transmit(np.sort(sent))
+
+    def _quantize_into_packets(self, op: Operation, s_arr: np.ndarray, now: float) -> None:
+        """Quantize the head chunks of slots ``s_arr`` (all of one operation, oldest first) straight into the
+        slots' packets and announce each slot's next chunk; one kernel call per run of consecutive slots and rows."""
+        w = self._w
+        rows = self._head_row[s_arr]
+        shared = self._shared_exp[s_arr]
         staged = op.staged
-        if staged.exact:
-            payload = staged.blocks[rows]
-        else:
+        if not staged.exact:
             own = staged.exps[rows]
             if np.any(own > shared):
                 bad = int(np.argmax(own > shared))
@@ -549,117 +702,100 @@ class Transport:
                     f"protocol error: chunk {op.first_chunk + int(rows[bad])} has exponent {int(own[bad])} above "
                     f"the shared exponent {int(shared[bad])} (do all workers issue the same all-reduces?)"
                 )
-            payload = q.quantize(staged.blocks[rows], shared, self._n, own=(own, staged.nonfinite[rows]))
         if op.started_at is None:
             op.started_at = op.progress_at = now
         op.used_exps[rows] = shared
-        op.rows_sent += len(slots)
-        # Big-endian once for the whole batch; then each packet takes its bytes with one slice copy.
-        wire = memoryview(np.ascontiguousarray(payload, dtype=LANE_DTYPE).view(np.uint8).reshape(-1))
-        nb = self._payload_bytes
-        nonfinite = op.block_nonfinite
-        op_id, key, base_flags = op.op_id, self._key, _ABORT if op.abort else 0
-        pkts, pkt_payload, phases = self._pkt, self._pkt_payload, self._phase
-        out_op, out_row, w, b0, job_id = self._out_op, self._out_row, self._w, self._update_b0, self._job_id
-        tsis, pools, pack_into = self._tsi, self._pool, _HEADER.pack_into
-        attempts, sent_at, last_tx, slot_rto, gen, armed = (
-            self._attempts, self._sent_at, self._last_tx, self._slot_rto, self._generation, self._armed
-        )
-        rto = self._rtt.rto
-        send, loss, sent = self._send, self._loss, 0
-        # Popping the head chunk and the bodies of _announce, _pack, _first_send and _transmit, inlined: this
-        # runs once per packet.
-        for i, (s, row) in enumerate(zip(slots, rows.tolist())):
-            pkt_payload[s][:] = wire[i * nb : (i + 1) * nb]
-            out_op[s] = op
-            out_row[s] = row
-            qd = queues[s]
-            entry = qd[0]
-            entry[1] += w
-            if entry[1] >= entry[0].blocks:
+        op.rows_sent += len(s_arr)
+        lanes = self._pkt_lanes
+        for a, b in _runs(s_arr, rows):
+            s0, r0, r1 = int(s_arr[a]), int(rows[a]), int(rows[b - 1]) + 1
+            for p0, p1, blocks in staged.parts(r0, r1):
+                out = lanes[s0 + p0 - r0 : s0 + p1 - r0]
+                if staged.exact:
+                    out[...] = blocks
+                else:
+                    q.quantize(blocks, shared[a + p0 - r0 : a + p1 - r0], self._n, out=out,
+                               own=(staged.exps[p0:p1], staged.nonfinite[p0:p1]))  # fmt: skip
+        base_flags = _ABORT if op.abort else 0
+        self._tx_flags[s_arr] = np.where(staged.nonfinite[rows], base_flags | _NONFINITE, base_flags)
+        self._tx_op[s_arr] = op.op_id
+        self._out_opid[s_arr] = op.op_id
+        self._out_opidx[s_arr] = op.index
+        self._out_row[s_arr] = rows
+        self._phase[s_arr] = _DATA_OUT
+        # Each slot's next chunk: the operation's chunk W further on, else the head of the next operation queued
+        # on the slot (its exponent is announced), else none yet (EXP_UNKNOWN).
+        nxt = rows + w
+        self._head_row[s_arr] = nxt
+        more = nxt < op.blocks
+        exps = self._tx_exp
+        exps[s_arr[more]] = staged.exps[nxt[more]]
+        if not more.all():
+            queues, head_row, head_opidx = self._queue, self._head_row, self._head_opidx
+            for s in s_arr[~more].tolist():  # the operation has no more chunks on these slots
+                qd = queues[s]
                 qd.popleft()
-            if qd:
-                nxt, nxt_row = qd[0]
-                exp = nxt.block_exps[nxt_row]
-            else:
-                exp = EXP_UNKNOWN
-            flags = (base_flags | _NONFINITE) if nonfinite[row] else base_flags
-            pack_into(pkts[s], 0, b0, job_id, tsis[s], pools[s], exp, flags, key, op_id)
-            phases[s] = _DATA_OUT
-            attempts[s] = 0
-            sent_at[s] = last_tx[s] = now
-            slot_rto[s] = rto
-            armed.append((s, gen[s]))
-            if loss and self._rng.random() < loss:
-                self.stats.dropped_on_purpose += 1
-                continue
-            try:
-                send(pkts[s])
-            except OSError as exc:
-                self._send_failed(exc)
-            else:
-                sent += 1
-        self.stats.updates_sent += sent
-        self.stats.bytes_sent += sent * self._msg_len
-
-    def _pack(self, s: int, exp: int, flags: int, op_id: int) -> None:
-        """Write the header of the slot's current round (its constant fields were validated at start)."""
-        _HEADER.pack_into(
-            self._pkt[s], 0, self._update_b0, self._job_id, self._tsi[s], self._pool[s], exp, flags, self._key, op_id
-        )
-
-    def _first_send(self, s: int, now: float) -> None:
-        """Send the slot's round for the first time; _send_pending arms the timers of the whole pass."""
-        self._attempts[s] = 0
-        self._sent_at[s] = self._last_tx[s] = now
-        self._slot_rto[s] = self._rtt.rto
-        self._armed.append((s, self._generation[s]))
-        self._transmit(s)
+                self._queued[s] -= 1
+                if qd:
+                    following = qd[0]
+                    row = (s - following.first_chunk) % w
+                    head_row[s] = row
+                    head_opidx[s] = following.index
+                    exps[s] = following.block_exps[row]
+                else:
+                    head_opidx[s] = -1
+                    exps[s] = EXP_UNKNOWN
 
     def _retransmit_expired(self, now: float) -> None:
+        slots, gens = self._timers.pop_expired(now)
         gen = self._generation
-        fired = False
-        for s, g in self._timers.pop_expired(now):
-            if g != gen[s] or self._phase[s] < _WARMUP_OUT:
-                continue
-            fired = True
-            self._attempts[s] += 1
-            if self._last_result > self._last_tx[s]:
-                # The job moved on since this slot last sent: the network and the peers are alive, a packet of
-                # this round was lost. Retry at the normal timeout rather than after a backoff.
-                rto = self._rtt.rto
-            else:  # nothing arrived at all: back off (a peer is slow or gone, or the switch is down)
-                rto = min(self._slot_rto[s] * 2, self.config.rto.maximum)
-            self._slot_rto[s] = rto
-            self._timers.push(now + rto, s, g)
-            self.stats.retransmissions += 1
-            self._last_tx[s] = now
-            self._transmit(s)  # the same bytes as the first transmission
-        if fired and self._retx_share > 0.8:
-            # Most rounds need a retransmission: far more than loss explains, so the timeout is too short
-            # (Karn's rule starves the estimator exactly then). Double it once per scan, as TCP does.
-            self._rtt.backoff()
+        if len(slots):
+            live = (gens == gen[slots]) & (self._phase[slots] >= _WARMUP_OUT)
+            slots = np.unique(slots[live])
+        if len(slots):
+            self._attempts[slots] += 1
+            # A slot whose job moved on since it last sent lost a packet of this round (the network and the
+            # peers are alive): retry at the normal timeout. If nothing arrived at all, a peer is slow or gone or
+            # the switch is down: back off.
+            alive = self._last_result > self._last_tx[slots]
+            rto = np.where(alive, self._rtt.rto, np.minimum(self._slot_rto[slots] * 2, self.config.rto.maximum))
+            self._slot_rto[slots] = rto
+            for value in np.unique(rto).tolist():
+                same = slots[rto == value]
+                self._timers.push(now + value, same, gen[same])
+            if self._cwnd is not None and alive.any():
+                self._cwnd.on_loss(float(self._sent_at[slots[alive]].max()), now)
+            self.stats.retransmissions += len(slots)
+            self._last_tx[slots] = now
+            self._transmit(slots)  # the same bytes as the first transmission
+            if self._retx_share > 0.8:
+                # Most rounds need a retransmission: far more than loss explains, so the timeout is too short
+                # (Karn's rule starves the estimator exactly then). Double it once per scan, as TCP does.
+                self._rtt.backoff()
         self._timers.discard_stale(gen)
 
-    def _transmit(self, s: int) -> None:
+    def _transmit(self, slots: np.ndarray) -> None:
+        """Send the packets of ``slots`` (ascending): one burst per run of consecutive slots."""
         stats = self.stats
-        if self._loss and self._rng.random() < self._loss:
-            stats.dropped_on_purpose += 1
-            return
-        try:
-            self._send(self._pkt[s])
-        except OSError as exc:
-            self._send_failed(exc)
-            return
-        stats.updates_sent += 1
-        stats.bytes_sent += self._msg_len
-
-    def _send_failed(self, exc: OSError) -> None:
-        """Count a send the kernel refused for now (as good as lost: the retransmission timer covers it)."""
-        if isinstance(exc, BlockingIOError) or exc.errno in (errno.ECONNREFUSED, errno.ENOBUFS):
-            self.stats.send_buffer_full += 1
-        else:
-            raise exc
+        if self._loss:
+            keep = self._loss_rng.random(len(slots)) >= self._loss
+            stats.dropped_on_purpose += len(slots) - int(keep.sum())
+            slots = slots[keep]
+            if not len(slots):
+                return
+        pkts, io = self._pkts, self._io
+        for a, b in _runs(slots, slots):
+            s0, count = int(slots[a]), b - a
+            sent, err = io.send(pkts[s0 : s0 + count], count)
+            stats.updates_sent += sent
+            stats.bytes_sent += sent * self._msg_len
+            if err:
+                if err not in SOFT_SEND_ERRORS:
+                    raise OSError(err, f"send to the switch failed: {os.strerror(err)}")
+                # Refused for now (buffer full, an ICMP error): as good as lost, the retransmission timer covers it.
+                stats.send_buffer_full += count - sent
+        stats.send_calls = io.send_calls
+        stats.send_mode = io.send_mode
 
     # --- deadlines and shutdown ----------------------------------------------------------------------------
 
@@ -675,10 +811,10 @@ class Transport:
             phase = self._phase[s]
             if phase < Phase.WARMUP_OUT:
                 continue
-            if (phase == Phase.DATA_OUT and self._out_op[s] is op) or (
-                phase == Phase.WARMUP_OUT and self._queue[s][0][0] is op
+            if (phase == Phase.DATA_OUT and self._out_opidx[s] == op.index) or (
+                phase == Phase.WARMUP_OUT and self._queue[s][0] is op
             ):
-                missing.append((s, (self._round[s] * self._w + s) & _TSI_MASK))
+                missing.append((s, (int(self._round[s]) * self._w + s) & _TSI_MASK))
         assert op.started_at is not None
         return AllReduceTimeout(
             job=self.session.job,

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "burst.h"
 #include "quantize.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -28,8 +29,8 @@ static PyObject *Unsupported;
 
 /* The buffers of one call, released together. */
 struct call {
-    Py_buffer views[6];
-    bool writes[6];
+    Py_buffer views[8];
+    bool writes[8];
     int count;
 };
 
@@ -388,6 +389,224 @@ static PyObject *select_kernels(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+ * Burst datagram I/O (burst.c): the transport's one system call per burst. */
+
+static bool get_size(PyObject *obj, const char *what, size_t *out)
+{
+    Py_ssize_t v = PyNumber_AsSsize_t(obj, PyExc_OverflowError);
+    if (v == -1 && PyErr_Occurred())
+        return false;
+    if (v < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd is negative", what, v);
+        return false;
+    }
+    *out = (size_t)v;
+    return true;
+}
+
+PyDoc_STRVAR(send_burst_doc,
+             "send_burst(fd, buf, seg, count, mode) -> (sent, calls, errno)\n--\n\n"
+             "Send `count` datagrams of `seg` bytes stored back to back in `buf` on the connected UDP socket\n"
+             "`fd`: mode 0 UDP GSO (sendmsg with UDP_SEGMENT, up to 64 per call), mode 1 sendmmsg. Never\n"
+             "blocks; `errno` says what stopped the burst early (0: all were sent).");
+
+static PyObject *send_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    struct call c = {.count = 0};
+    Py_buffer *buf;
+    size_t seg, count, mode;
+    int fd = -1;
+    if (!check_nargs("send_burst", nargs, 5) || (fd = PyObject_AsFileDescriptor(args[0])) < 0 ||
+        !get_size(args[2], "seg", &seg) || !get_size(args[3], "count", &count) ||
+        !get_size(args[4], "mode", &mode) || !(buf = acquire(&c, args[1], false, PyBUF_C_CONTIGUOUS, "buf")))
+        goto fail;
+    if (mode > NA_SEND_MMSG || seg == 0 || seg > 65507 || (size_t)buf->len < seg * count) {
+        PyErr_Format(PyExc_ValueError, "send_burst: mode %zu, %zu datagrams of %zu bytes in a %zd-byte buffer",
+                     mode, count, seg, buf->len);
+        goto fail;
+    }
+    struct na_send_result r = na_send_burst(fd, buf->buf, seg, count, (enum na_send_mode)mode);
+    release_all(&c);
+    return Py_BuildValue("nni", (Py_ssize_t)r.sent, (Py_ssize_t)r.calls, r.error);
+fail:
+    release_all(&c);
+    return NULL;
+}
+
+PyDoc_STRVAR(recv_burst_doc,
+             "recv_burst(fd, buf, seg, max_count, mode) -> (good, wrong_size, calls, errno)\n--\n\n"
+             "Receive from the UDP socket `fd` until it is empty or `max_count` datagrams of `seg` bytes are\n"
+             "stored back to back at the start of `buf`: mode 0 recvmsg with UDP GRO (`buf` needs 64 KiB of\n"
+             "room beyond max_count * seg), mode 1 recvmmsg. Datagrams of another size are counted and\n"
+             "dropped. Never blocks; `errno` is a receive error other than EAGAIN or ECONNREFUSED (0: none).");
+
+static PyObject *recv_burst(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    struct call c = {.count = 0};
+    Py_buffer *buf;
+    size_t seg, max_count, mode;
+    int fd = -1;
+    if (!check_nargs("recv_burst", nargs, 5) || (fd = PyObject_AsFileDescriptor(args[0])) < 0 ||
+        !get_size(args[2], "seg", &seg) || !get_size(args[3], "max_count", &max_count) ||
+        !get_size(args[4], "mode", &mode) || !(buf = acquire(&c, args[1], true, PyBUF_C_CONTIGUOUS, "buf")))
+        goto fail;
+    size_t need = seg * max_count + (mode == NA_RECV_GRO ? NA_GRO_ROOM : 0);
+    if (mode > NA_RECV_MMSG || seg == 0 || (size_t)buf->len < need) {
+        PyErr_Format(PyExc_ValueError, "recv_burst: mode %zu needs %zu bytes for %zu datagrams of %zu, got %zd",
+                     mode, need, max_count, seg, buf->len);
+        goto fail;
+    }
+    struct na_recv_result r = na_recv_burst(fd, buf->buf, seg, max_count, (enum na_recv_mode)mode);
+    release_all(&c);
+    return Py_BuildValue("nnni", (Py_ssize_t)r.good, (Py_ssize_t)r.wrong_size, (Py_ssize_t)r.calls, r.error);
+fail:
+    release_all(&c);
+    return NULL;
+}
+
+PyDoc_STRVAR(enable_gro_doc, "enable_gro(fd) -> errno\n--\n\nTurn UDP GRO on for the socket (0: done).");
+
+static PyObject *enable_gro(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int fd = PyObject_AsFileDescriptor(arg);
+    return fd < 0 ? NULL : PyLong_FromLong(na_enable_gro(fd));
+}
+
+PyDoc_STRVAR(disable_gro_doc, "disable_gro(fd) -> errno\n--\n\nTurn UDP GRO off for the socket (0: done).");
+
+static PyObject *disable_gro(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int fd = PyObject_AsFileDescriptor(arg);
+    return fd < 0 ? NULL : PyLong_FromLong(na_disable_gro(fd));
+}
+
+PyDoc_STRVAR(probe_gso_doc,
+             "probe_gso(fd, seg) -> errno\n--\n\nWhether the kernel takes UDP_SEGMENT on the socket (0: yes).");
+
+static PyObject *probe_gso(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    size_t seg;
+    int fd;
+    if (!check_nargs("probe_gso", nargs, 2) || (fd = PyObject_AsFileDescriptor(args[0])) < 0 ||
+        !get_size(args[1], "seg", &seg))
+        return NULL;
+    return PyLong_FromLong(na_probe_gso(fd, seg));
+}
+
+/* A C-contiguous buffer of at least `count` elements of `itemsize` bytes (a numpy array of the right dtype). */
+static void *get_array(struct call *c, PyObject *obj, bool writable, Py_ssize_t itemsize, size_t count,
+                       const char *what)
+{
+    Py_buffer *v = acquire(c, obj, writable, PyBUF_C_CONTIGUOUS, what);
+    if (v == NULL)
+        return NULL;
+    if (v->itemsize != itemsize || (size_t)v->len < count * (size_t)itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: need %zu elements of %zd bytes, got %zd bytes of %zd-byte elements",
+                     what, count, itemsize, v->len, v->itemsize);
+        return NULL;
+    }
+    return v->buf;
+}
+
+PyDoc_STRVAR(match_results_doc,
+             "match_results(buf, count, seg, expect, phase, min_phase, tsi, pool, seen, out_pos, out_slot)\n"
+             "--\n\n"
+             "Check `count` received messages of `seg` bytes in `buf` against `expect` = (byte 0, job,\n"
+             "undefined flag bits, key) and the slots' rounds in flight (int8 phase >= min_phase, uint32 tsi,\n"
+             "uint16 pool_index, one zeroed uint8 scratch byte each); write the accepted ones' positions and\n"
+             "slots (int64) in arrival order. Returns (accepted, malformed, forged, duplicates).");
+
+static PyObject *match_results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    struct call c = {.count = 0};
+    size_t count, seg, window;
+    uint32_t b0, job, undefined, key;
+    long min_phase;
+    if (!check_nargs("match_results", nargs, 11) || !get_size(args[1], "count", &count) ||
+        !get_size(args[2], "seg", &seg))
+        return NULL;
+    if (!PyArg_ParseTuple(args[3], "IIII", &b0, &job, &undefined, &key))
+        return NULL;
+    if ((min_phase = PyLong_AsLong(args[5])) == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer *pv = acquire(&c, args[4], false, PyBUF_C_CONTIGUOUS, "phase");
+    if (pv == NULL)
+        goto fail;
+    window = (size_t)pv->len;
+    const unsigned char *buf = get_array(&c, args[0], false, 1, count * seg, "buf");
+    const uint32_t *tsi = buf ? get_array(&c, args[6], false, 4, window, "tsi") : NULL;
+    const uint16_t *pool = tsi ? get_array(&c, args[7], false, 2, window, "pool") : NULL;
+    uint8_t *seen = pool ? get_array(&c, args[8], true, 1, window, "seen") : NULL;
+    int64_t *out_pos = seen ? get_array(&c, args[9], true, 8, count, "out_pos") : NULL;
+    int64_t *out_slot = out_pos ? get_array(&c, args[10], true, 8, count, "out_slot") : NULL;
+    if (out_slot == NULL)
+        goto fail;
+    if (seg < 18) {
+        PyErr_Format(PyExc_ValueError, "match_results: %zu-byte messages hold no header", seg);
+        goto fail;
+    }
+    struct na_expect want = {(uint8_t)b0, (uint8_t)job, (uint8_t)undefined, key};
+    struct na_slots slots = {window, pv->buf, (int8_t)min_phase, tsi, pool, seen};
+    struct na_match r = na_match_results(buf, count, seg, &want, &slots, out_pos, out_slot);
+    release_all(&c);
+    return Py_BuildValue("nnnn", (Py_ssize_t)r.accepted, (Py_ssize_t)r.malformed, (Py_ssize_t)r.forged,
+                         (Py_ssize_t)r.duplicates);
+fail:
+    release_all(&c);
+    return NULL;
+}
+
+PyDoc_STRVAR(write_headers_doc,
+             "write_headers(pkts, seg, which, tsi, pool, exp, flags, op)\n--\n\n"
+             "Write the round fields (uint32 tsi, uint16 pool_index, int8 exp, uint8 flags, uint32 op; arrays by\n"
+             "slot) of the slots in `which` (int64) into their packets: slot s's at byte s * seg of `pkts`.");
+
+static PyObject *write_headers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    struct call c = {.count = 0};
+    size_t seg;
+    if (!check_nargs("write_headers", nargs, 8) || !get_size(args[1], "seg", &seg))
+        return NULL;
+    Py_buffer *pk = acquire(&c, args[0], true, PyBUF_C_CONTIGUOUS, "pkts");
+    Py_buffer *wh = pk ? acquire(&c, args[2], false, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT, "which") : NULL;
+    if (wh == NULL)
+        goto fail;
+    if (wh->itemsize != 8 || seg < 18) {
+        PyErr_SetString(PyExc_ValueError, "write_headers: `which` must be int64 and seg hold a header");
+        goto fail;
+    }
+    size_t window = (size_t)pk->len / seg, count = (size_t)wh->len / 8;
+    const int64_t *which = wh->buf;
+    for (size_t k = 0; k < count; k++) {
+        if (which[k] < 0 || (size_t)which[k] >= window) {
+            PyErr_Format(PyExc_ValueError, "write_headers: slot %lld outside the %zu packets", (long long)which[k],
+                         window);
+            goto fail;
+        }
+    }
+    const uint32_t *tsi = get_array(&c, args[3], false, 4, window, "tsi");
+    const uint16_t *pool = tsi ? get_array(&c, args[4], false, 2, window, "pool") : NULL;
+    const int8_t *exp = pool ? get_array(&c, args[5], false, 1, window, "exp") : NULL;
+    const uint8_t *flags = exp ? get_array(&c, args[6], false, 1, window, "flags") : NULL;
+    const uint32_t *op = flags ? get_array(&c, args[7], false, 4, window, "op") : NULL;
+    if (op == NULL)
+        goto fail;
+    na_write_headers(pk->buf, seg, which, count, tsi, pool, exp, flags, op);
+    release_all(&c);
+    Py_RETURN_NONE;
+fail:
+    release_all(&c);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"block_exponents", (PyCFunction)(void (*)(void))block_exponents, METH_FASTCALL, block_exponents_doc},
     {"quantize", (PyCFunction)(void (*)(void))quantize, METH_FASTCALL, quantize_doc},
@@ -396,13 +615,21 @@ static PyMethodDef methods[] = {
     {"available_kernels", available_kernels, METH_NOARGS, available_kernels_doc},
     {"active_kernels", active_kernels, METH_NOARGS, active_kernels_doc},
     {"select_kernels", select_kernels, METH_O, select_kernels_doc},
+    {"send_burst", (PyCFunction)(void (*)(void))send_burst, METH_FASTCALL, send_burst_doc},
+    {"recv_burst", (PyCFunction)(void (*)(void))recv_burst, METH_FASTCALL, recv_burst_doc},
+    {"enable_gro", enable_gro, METH_O, enable_gro_doc},
+    {"disable_gro", disable_gro, METH_O, disable_gro_doc},
+    {"match_results", (PyCFunction)(void (*)(void))match_results, METH_FASTCALL, match_results_doc},
+    {"write_headers", (PyCFunction)(void (*)(void))write_headers, METH_FASTCALL, write_headers_doc},
+    {"probe_gso", (PyCFunction)(void (*)(void))probe_gso, METH_FASTCALL, probe_gso_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "netagg.host_agent._native",
-    .m_doc = "Compiled block floating point kernels; host_agent/quantize.py is the API and the reference.",
+    .m_doc = "Compiled block floating point kernels and burst datagram I/O; host_agent/quantize.py and\n"
+              "host_agent/transport.py are their users.",
     .m_size = -1,
     .m_methods = methods,
 };

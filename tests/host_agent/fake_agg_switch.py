@@ -6,7 +6,8 @@ round keeps its first contribution's ``op`` and is flagged MISMATCH when another
 (ABORT included) are ORed, and a complete copy opens a new round only for a newer tsi in serial-number order.
 It can impair traffic both ways, seeded: loss, duplication and reordering (a held packet is released after the next
 one, or after ``hold_timeout``). ``hold()``/``release()`` pause processing, so tests can queue work on every worker
-before the first RESULT exists.
+before the first RESULT exists. ``egress_link`` (a bottleneck.Bottleneck) shapes its RESULTs: a rate and a
+drop-tail queue, shared by every FakeSwitch given the same one.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ class FakeSwitch:
         egress: Impairment | None = None,
         seed: int = 1,
         hold_timeout: float = 0.005,
+        egress_link: Any = None,
     ) -> None:
         self.num_workers = num_workers
+        self.egress_link = egress_link  # a bottleneck.Bottleneck that RESULTs queue on, or None
         self.job = job
         self.job_id = job_id
         self.lanes = lanes
@@ -194,7 +197,10 @@ class FakeSwitch:
         self._held_since = 0.0
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._sock.sendto(data, addr)
+        if self.egress_link is not None:
+            self.egress_link.enqueue(self._sock, data, addr)
+        else:
+            self._sock.sendto(data, addr)
         self.counters["results_sent"] += 1
 
     def _emit(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -310,14 +316,15 @@ class FakeController:
         mac: str | None = None,
         slots: int | None = None,
         timeout: float = 60.0,
-    ) -> dict[str, Any]:
+        lease_seconds: float | None = None,
+    ) -> JoinResult:
         sw = self.switch
         if job != sw.job or world_size != sw.num_workers:
             raise ValueError(
                 f"fake switch serves job {sw.job!r} of {sw.num_workers}, not {job!r} of {world_size}"
             )
         key = sw.register(addr, port, rank)
-        return {
+        answer = {
             "key": key,
             "job_id": sw.job_id,
             "worker_id": rank,
@@ -327,6 +334,7 @@ class FakeController:
             "epoch": sw.epoch,
             "switch": {"mac": "02:00:00:00:00:01", "addr": sw.address[0], "port": sw.address[1]},
         }
+        return JoinResult.from_json(answer, job=job, rank=rank)
 
     def leave(self, job: str, rank: int) -> None:
         self.left.append(rank)
