@@ -1,17 +1,22 @@
 # syntax=docker/dockerfile:1
 #
-# Images for testing netagg against BMv2 (see docker/README.md and docs/demo.md, "Docker").
+# Images for testing netagg in a container (see docker/README.md; docker/run-tests.sh builds and runs them).
 #
-#   test       p4lang/behavioral-model (simple_switch_grpc) + Mininet + this project in a Python 3.11 venv:
-#              runs the conformance suite and the integration tests inside a privileged container.
-#   p4c-check  p4lang/p4c: compiles p4/v1model/main.p4 and compares the result with the committed artifacts.
+#   softswitch  Debian 12 (DEBIAN_IMAGE: debian:bookworm, or the local base `make docker-base` builds) set up with
+#               `make install`: runs the conformance suite, the integration tests and the demo on the softswitch.
+#   bmv2        p4lang/behavioral-model (simple_switch_grpc) + Mininet + this project in a Python 3.11 venv:
+#               the same, on the softswitch and on BMv2.
+#   p4c-check   p4lang/p4c: compiles p4/v1model/main.p4 and compares the result with the committed artifacts.
 #
 # Build from the repository root (the build context must be the repository):
-#   docker build -f docker/netagg.Dockerfile --target test -t netagg-test .
+#   docker build -f docker/netagg.Dockerfile --target softswitch -t netagg-test:softswitch .
+#   docker build -f docker/netagg.Dockerfile --target bmv2 -t netagg-test:bmv2 .
 #   docker build -f docker/netagg.Dockerfile --target p4c-check .
+# The tests need a privileged container: docker run --rm --privileged --network none netagg-test:softswitch
 
-ARG BMV2_IMAGE=p4lang/behavioral-model:latest
-ARG P4C_IMAGE=p4lang/p4c:latest
+ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm
+ARG BMV2_IMAGE=docker.io/p4lang/behavioral-model:latest
+ARG P4C_IMAGE=docker.io/p4lang/p4c:latest
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM ${P4C_IMAGE} AS p4c-check
@@ -31,30 +36,64 @@ RUN mkdir -p p4check \
     fi
 
 # ---------------------------------------------------------------------------------------------------------------
-FROM ${BMV2_IMAGE} AS test
-ENV DEBIAN_FRONTEND=noninteractive
-# What `make install` installs on Debian (network tools, Mininet), plus pip to fetch uv.
+FROM ${DEBIAN_IMAGE} AS softswitch
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1
+# Where to get torch's CPU build (requirements.txt pins the version; PyPI's build of it is the multi-GB CUDA one).
+# Empty: from the configured pip indexes, as `make install` does on the build machine.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# A pip configuration mounted into the build (docker/run-tests.sh passes the build machine's with podman); unset:
+# pip's defaults. Not stored in the image.
+ARG PIP_CONFIG_FILE
+# What a bare Debian needs to run `make install`: make, Python 3.11 with venv, certificates for pip.
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends ca-certificates make python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /netagg
+# `make install` in two steps, so that editing the source does not reinstall the dependencies: the Debian
+# packages and the virtualenv from requirements.txt first, netagg itself (C extensions included) after COPY.
+COPY Makefile requirements.txt ./
+RUN make deb \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv .venv \
+ && if [ -n "$TORCH_INDEX_URL" ]; then \
+        .venv/bin/pip install -q --extra-index-url "$TORCH_INDEX_URL" "$(grep -E '^torch==' requirements.txt)"; \
+    fi \
+ && make .venv/.installed
+COPY . .
+RUN make install \
+ && .venv/bin/python -c 'import mininet.node, netagg.softswitch.cli, netagg.host_agent._native'
+ENV PATH=/netagg/.venv/bin:$PATH
+# Needs `docker run --privileged` (network namespaces, veth pairs, raw sockets, tc, sysctl).
+CMD ["bash", "docker/run-tests.sh", "--inside"]
+
+# ---------------------------------------------------------------------------------------------------------------
+FROM ${BMV2_IMAGE} AS bmv2
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_CONFIG_FILE
+# What `make install` installs on Debian (the Makefile's DEB_PACKAGES), plus pip to fetch uv.
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
-        ca-certificates ethtool iproute2 iputils-ping make mininet net-tools procps python3-pip tcpdump \
+        ca-certificates ethtool gcc iproute2 iputils-ping libc6-dev make mininet net-tools procps python3-pip tcpdump \
  && rm -rf /var/lib/apt/lists/*
 # The project needs Python 3.11; the p4lang images carry their distribution's python3 (older). uv installs a
-# standalone 3.11 for the virtualenv.
-RUN python3 -m pip install --no-cache-dir uv
+# standalone 3.11 (with its headers, for the C extensions) for the virtualenv.
+RUN python3 -m pip install uv
 WORKDIR /netagg
-# Dependencies first, so that editing the source does not reinstall them.
-COPY requirements.txt pyproject.toml Makefile ./
+COPY requirements.txt ./
 RUN uv venv --seed --python 3.11 .venv \
- && .venv/bin/pip install --no-cache-dir -q -r requirements.txt
+ && if [ -n "$TORCH_INDEX_URL" ]; then \
+        .venv/bin/pip install -q --extra-index-url "$TORCH_INDEX_URL" "$(grep -E '^torch==' requirements.txt)"; \
+    fi \
+ && .venv/bin/pip install -q -r requirements.txt
 COPY . .
 # The rest of `make venv`; then make Mininet's Python package (installed for the system python3 by the Debian
 # package, pure Python) importable from the venv.
-RUN .venv/bin/pip install --no-cache-dir -q --no-deps --no-build-isolation -e . \
- && touch .venv/.installed \
+RUN .venv/bin/pip install -q --no-deps --no-build-isolation -e . \
+ && touch .venv/.installed .venv/.built \
  && ln -s "$(python3 -c 'import mininet, os; print(os.path.dirname(mininet.__file__))')" \
         "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mininet" \
- && .venv/bin/python -c 'import mininet.node, netagg.softswitch.cli' \
+ && .venv/bin/python -c 'import mininet.node, netagg.softswitch.cli, netagg.host_agent._native' \
  && command -v simple_switch_grpc
 ENV PATH=/netagg/.venv/bin:$PATH
-# Needs `docker run --privileged` (network namespaces, veth pairs, raw sockets, tc).
 CMD ["bash", "docker/run-tests.sh", "--inside"]
