@@ -131,8 +131,9 @@ def test_bmv2_stage_has_the_makefiles_debian_packages() -> None:
     assert deb is not None
     apt = re.search(r"apt-get install [^&]*", _stages()["bmv2"])
     assert apt is not None
-    # python3-dev: the virtualenv's Python is uv's standalone build, which carries its own headers.
-    missing = set(deb.group(1).split()) - set(apt.group(0).split()) - {"python3-dev"}
+    # python3-dev, python3-venv: the virtualenv's Python is uv's standalone build, which carries its own headers
+    # and venv module.
+    missing = set(deb.group(1).split()) - set(apt.group(0).split()) - {"python3-dev", "python3-venv"}
     assert not missing, f"the bmv2 stage does not install {sorted(missing)} (the Makefile's DEB_PACKAGES)"
 
 
