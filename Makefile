@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Debian packages the tests and the demo use (network namespaces, veth, offload control, tc shaping, Mininet), and
 # the C compiler, C library headers and Python headers the compiled extensions are built with.
-DEB_PACKAGES := iproute2 ethtool mininet net-tools iputils-ping tcpdump procps gcc libc6-dev python3-dev
+DEB_PACKAGES := iproute2 ethtool mininet net-tools iputils-ping tcpdump procps gcc libc6-dev python3-dev python3-venv
 # Sources of the compiled extensions (setup.py lists them, each next to the component that uses it).
 NATIVE_SOURCES := setup.py $(wildcard */native/*.c */native/*.h)
 # The compiled modules the editable install puts into the source tree (one per extension in setup.py).
@@ -13,7 +13,7 @@ NATIVE_MODULES := host_agent/_native softswitch/_native
 # FORCE when one is missing: a fresh checkout or a clean.
 NATIVE_MISSING := $(foreach m,$(NATIVE_MODULES),$(if $(wildcard $(m).*.so),,FORCE))
 
-.PHONY: install deb venv FORCE test test-unit test-loopback test-netns p4 bench mininet-demo docker-test repro-alq lint clean
+.PHONY: install deb venv FORCE test test-unit test-loopback test-netns p4 bench bench-network mininet-demo docker-base docker-test repro-alq repro-powersgd repro-cser lint clean
 
 install: deb venv ## set up everything on a fresh machine (idempotent)
 
@@ -62,14 +62,26 @@ p4: venv ## regenerate p4/include/generated.p4 and, when p4c is on PATH, the com
 mininet-demo: venv ## emulated network: N hosts all-reduce through BMv2 (if installed) or the softswitch; needs root
 	$(PY) -m examples.mininet $(ARGS)
 
-docker-test: ## conformance + integration suites against BMv2 in a container (needs a Docker engine)
+docker-base: ## a local Debian 12 base image (debootstrap), for machines that cannot pull debian:bookworm; root
+	docker/build-base.sh
+
+docker-test: ## conformance, integration tests and demo in containers (docker or podman; root); not part of `make test`
 	docker/run-tests.sh $(ARGS)
 
 bench: venv ## speed and memory figures (ratios measured side by side); not part of `make test`
 	$(PY) -m bench
 
+bench-network: venv ## netagg vs gloo's ring on one shaped emulated network -> docs/benchmarks/; needs root
+	$(PY) -m bench.network $(ARGS)
+
 repro-alq: venv ## ALQ/AMQ and baselines: variance vs bucket size and 4-worker accuracy -> docs/repro/alq.md
 	$(PY) -m examples.repro_alq --out docs/repro $(ARGS)
+
+repro-powersgd: venv ## torch's PowerSGD hook through a software switch, 4 workers -> docs/repro/powersgd.md
+	$(PY) -m examples.repro_powersgd --out docs/repro $(ARGS)
+
+repro-cser: venv ## CSER, CSER-PL, EF-SGD, QSparse-local-SGD, local SGD: accuracy vs ratio -> docs/repro/cser.md
+	$(PY) -m examples.repro_cser --out docs/repro $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
