@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ranks import run_ranks
 
-from netagg.local import LocalStack, free_port
+from netagg.local import LocalStack
 
 pytestmark = pytest.mark.loopback
 
@@ -26,34 +22,7 @@ WEIGHTS, BIASES = [(64, 32), (8, 64)], [64, 8]
 
 
 def run(tmp_path: Path, backend: str, env: dict[str, str]) -> list[dict]:
-    master = free_port()
-    procs, outs = [], []
-    for rank in range(WORLD):
-        out = tmp_path / f"powersgd-{backend}-{rank}.json"
-        rank_env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                        MASTER_PORT=str(master), OMP_NUM_THREADS="1", **env)  # fmt: skip
-        log = (tmp_path / f"powersgd-{backend}-{rank}.log").open("wb")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), backend, str(out)], env=rank_env,
-                                      stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
-        outs.append(out)
-    try:
-        for proc in procs:
-            proc.wait(240)
-    finally:
-        for proc in procs:  # only what this test started, by PID
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for rank, (proc, out) in enumerate(zip(procs, outs, strict=True)):
-        log = (tmp_path / f"powersgd-{backend}-{rank}.log").read_text(errors="replace")
-        assert proc.returncode == 0 and out.exists(), f"rank {rank} failed:\n{log[-3000:]}"
-    return [json.loads(out.read_text()) for out in outs]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("stack")).start() as running:
-        yield running
+    return run_ranks(WORKER, [backend], tmp_path, f"powersgd-{backend}", world=WORLD, env=env)
 
 
 @pytest.fixture(scope="module")
