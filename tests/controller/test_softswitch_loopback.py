@@ -7,7 +7,6 @@ the software switch is a child process started (and killed) by PID.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import finsy.switch
 import numpy as np
 import pytest
+from pki import make_pki
 
 from netagg import artifacts
 from netagg.constants import MsgType
@@ -245,26 +245,9 @@ def test_loss_settings_reach_the_drop_simulator(tmp_path: Path) -> None:
         assert client.stats("lossy")["jobs"]["lossy"]["aggregated"]["packets"] == 0
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A self-signed CA, a server certificate for 127.0.0.1 and a client certificate, made for this test."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (Debian package openssl): cannot make test certificates")
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=netagg test CA",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))  # fmt: skip
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=netagg test {name}",
-                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
-                 str(d / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"),
-                 "-out", str(d / f"{name}.pem"))  # fmt: skip
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_the_controller_programs_a_switch_over_mutual_tls(tmp_path: Path, pki: Path) -> None:

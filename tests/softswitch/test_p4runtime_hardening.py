@@ -4,8 +4,6 @@ and TLS (server certificate, client certificates)."""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ import grpc
 import pytest
 from finsy.proto import p4r, p4r_grpc
 from p4runtime_testlib import DEVICE_ID, TIMEOUT_S, PipelineStub, Running, netagg_program
+from pki import make_pki
 
 from netagg.softswitch.codec import encode_u128
 from netagg.softswitch.p4runtime_server import P4RuntimeServer, TlsConfig
@@ -126,26 +125,9 @@ def test_write_with_the_primary_election_id_from_another_connection_is_refused(s
 # --------------------------------------------------------------------------------------------- TLS
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (Debian package openssl): cannot make test certificates")
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=netagg test CA",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))  # fmt: skip
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=netagg test {name}",
-                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey",
-                 str(d / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"),
-                 "-out", str(d / f"{name}.pem"))  # fmt: skip
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _capabilities(channel: grpc.Channel) -> str:
