@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import select
 import socket
-import time
 from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import pytest
-from agent_harness import WAIT, allreduce_all, assert_close_to_reference, job, run_ranks
+from agent_harness import WAIT, allreduce_all, assert_close_to_reference, job, run_ranks, wait_for
 from fake_agg_switch import FakeController, FakeSwitch
 
 from netagg.constants import MsgType
@@ -213,10 +212,7 @@ def test_heartbeat_while_joined_and_leave_on_close() -> None:
     with switch:
         client = AllReduceClient.join(controller, switch.job, 1, 0, heartbeat_interval=0.02)
         try:
-            limit = time.monotonic() + WAIT
-            while controller.heartbeats[0] < 2:
-                assert time.monotonic() < limit, "no heartbeat reached the controller"
-                time.sleep(0.01)
+            wait_for(lambda: controller.heartbeats[0] >= 2, "a heartbeat reaching the controller")
             np.testing.assert_array_equal(client.allreduce(np.arange(5, dtype=np.int32)), np.arange(5))
         finally:
             client.close()
@@ -238,10 +234,7 @@ def test_callbacks_may_chain_async_work_but_not_block() -> None:
             client.close()  # closing from a callback must not wait for the callback's own thread
 
         client.allreduce_async(np.ones(4, np.float32)).add_done_callback(callback)
-        limit = time.monotonic() + WAIT
-        while not (chained and refused):
-            assert time.monotonic() < limit, "the callback did not run"
-            time.sleep(0.01)
+        wait_for(lambda: bool(chained and refused), "the callback")
         assert "would wait for itself" in str(refused[0])
         with pytest.raises(AgentClosedError):
             chained[0].result(WAIT)
