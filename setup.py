@@ -26,8 +26,19 @@ COMPILE_ARGS = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wextra", "-Werr
 EXTENSIONS = [
     Extension(
         "netagg.host_agent._native",
-        sources=["host_agent/native/module.c", "host_agent/native/quantize.c", "host_agent/native/burst.c"],
-        depends=["host_agent/native/quantize.h", "host_agent/native/burst.h"],
+        sources=[
+            "host_agent/native/module.c",
+            "host_agent/native/quantize.c",
+            "host_agent/native/burst.c",
+            "host_agent/native/engine.c",
+            "host_agent/native/engine_py.c",
+        ],
+        depends=[
+            "host_agent/native/quantize.h",
+            "host_agent/native/burst.h",
+            "host_agent/native/engine.h",
+            "host_agent/native/engine_py.h",
+        ],
         extra_compile_args=COMPILE_ARGS,
     ),
     Extension(

@@ -41,8 +41,7 @@ import numpy as np
 from bench.common import report
 from bench.procs import REPO, ReadyProcess
 from netagg import artifacts
-from netagg.constants import LANE_BYTES, MsgType
-from netagg.softswitch.native_pipeline import DATAPATH_ENV
+from netagg.constants import DATAPATH_ENV, LANE_BYTES, MsgType
 from netagg.wire import AGG_OFFSET, HEADER_FIELDS, pack_header, size_for_lanes
 
 #: The committed pipeline every target is programmed with.

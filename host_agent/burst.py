@@ -94,6 +94,11 @@ class BurstSocket:
         self._gro_datagrams = 0
         self._gro_calls = 0
 
+    @property
+    def gro_probing(self) -> bool:
+        """Whether "auto" is still watching GRO (see ``_watch_gro``); the compiled transport takes that over."""
+        return self._gro_probe
+
     def send(self, buf: np.ndarray, count: int) -> tuple[int, int]:
         """Send ``count`` datagrams from ``buf`` (C-contiguous); returns (datagrams sent, errno that stopped it)."""
         fd = self._sock.fileno()

@@ -30,12 +30,13 @@ from netagg.host_agent.errors import (
     SwitchRestartedError,
 )
 from netagg.host_agent.heartbeat import Heartbeat, interval_for_lease
+from netagg.host_agent.native_transport import make_transport
 from netagg.host_agent.netinfo import mac_for_address
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JobApi, JoinResult
 from netagg.host_agent.staging import Staged, exact_staged, stage
 from netagg.host_agent.timers import RtoConfig, WindowConfig
-from netagg.host_agent.transport import Transport, TransportConfig, TransportStats
+from netagg.host_agent.transport import TransportConfig, TransportStats
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,14 @@ class AllReduceClient:
         congestion: WindowConfig | None = _DEFAULT_WINDOW_CONFIG,
         send_mode: str = "auto",
         recv_mode: str = "auto",
+        datapath: str = "",
     ) -> None:
         """Run the protocol for an existing admission on ``sock`` (bound to the address the switch sends to).
 
         ``congestion``: the congestion window's settings (``WindowConfig``), or None for a fixed window of W rounds
         in flight. ``send_mode``/``recv_mode``: "auto" (UDP GSO/GRO where the kernel has them), or force
-        "sendmmsg"/"recvmmsg" (see docs/host_agent.md, "Bursts").
+        "sendmmsg"/"recvmmsg" (see docs/host_agent.md, "Bursts"). ``datapath``: "native" (the compiled engine),
+        "python" (the reference) or "" (``$NETAGG_DATAPATH``, else native).
         """
         if deadline <= 0:
             raise AgentInputError(f"deadline must be positive, got {deadline}")
@@ -103,8 +106,9 @@ class AllReduceClient:
             congestion=congestion,
             send_mode=send_mode,
             recv_mode=recv_mode,
+            datapath=datapath,
         )
-        self._transport = Transport(session, sock, config, self._on_complete, self._on_fail)
+        self._transport = make_transport(session, sock, config, self._on_complete, self._on_fail)
         self._heartbeat = (
             Heartbeat(controller, session.job, session.rank, heartbeat_interval, on_lost=self._job_lost,
                       switch_generation=session.switch_generation, on_switch_restart=self._switch_restarted)

@@ -69,9 +69,14 @@ def headroom_bits(num_workers: int) -> int:
     return (num_workers - 1).bit_length()
 
 
+def scale_base(num_workers: int) -> int:
+    """30 - k: the scale of a block with shared exponent E is 2**(scale_base - E) (the compiled kernels' argument)."""
+    return _MAG_BITS - headroom_bits(num_workers)
+
+
 def scale_shift(shared_exps: np.ndarray, num_workers: int) -> np.ndarray:
     """Per-block binary scale s = 30 - k - E (int32), so that a lane is x * 2**s."""
-    return (_MAG_BITS - headroom_bits(num_workers) - np.asarray(shared_exps, dtype=np.int32)).astype(np.int32)
+    return (scale_base(num_workers) - np.asarray(shared_exps, dtype=np.int32)).astype(np.int32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def quantize(
     ``out`` may hold its lanes in either byte order and its rows at any stride: ``out=lane_view(frames, ...)``
     writes the wire's big-endian lanes straight into packet buffers.
     """
-    base = _MAG_BITS - headroom_bits(num_workers)
+    base = scale_base(num_workers)
     own_exps, nonfinite = own if own is not None else block_exponents(blocks)
     if out is None:
         out = np.empty(np.shape(blocks), np.int32)
@@ -213,7 +218,7 @@ def dequantize(
     ``sums`` may hold its lanes in either byte order and its rows at any stride (``lane_view`` of received
     packets).
     """
-    base = _MAG_BITS - headroom_bits(num_workers)
+    base = scale_base(num_workers)
     if out is None:
         out = np.empty(np.shape(sums), np.float32)
     try:

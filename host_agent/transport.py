@@ -105,6 +105,22 @@ def _runs(x: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
     return list(zip([0, *breaks], [*breaks, n]))
 
 
+def unannounced_exponent(s: int, tsi: int) -> RuntimeError:
+    """The error for a RESULT that gives slot ``s`` a shared exponent although it announced none."""
+    return RuntimeError(
+        f"protocol error on slot {s}: the RESULT of round tsi {tsi} carries a shared exponent for a next chunk "
+        "this worker announced as unknown (do all workers use the same window and issue the same all-reduces?)"
+    )
+
+
+def exponent_above_shared(chunk: int, own: int, shared: int) -> RuntimeError:
+    """The error for a chunk whose own exponent the shared one does not cover (the workers' streams differ)."""
+    return RuntimeError(
+        f"protocol error: chunk {chunk} has exponent {own} above the shared exponent {shared} (do all workers "
+        "issue the same all-reduces?)"
+    )
+
+
 class Phase(enum.IntEnum):
     """Where a slot is in its round sequence."""
 
@@ -134,6 +150,8 @@ class TransportConfig:
     congestion: WindowConfig | None = field(default_factory=WindowConfig)
     send_mode: str = "auto"  # "gso", "sendmmsg" or "auto" (GSO where the kernel takes it)
     recv_mode: str = "auto"  # "gro", "recvmmsg" or "auto" (GRO where the kernel takes it)
+    #: "native" (the compiled engine), "python" (this module, the reference) or "" ($NETAGG_DATAPATH, else native).
+    datapath: str = ""
 
 
 @dataclass(slots=True)
@@ -501,7 +519,8 @@ class Transport:
         unknown = exps == EXP_UNKNOWN
         unannounced = ~unknown & (self._queued[si] == 0)
         if unannounced.any():
-            raise self._unannounced_exponent(int(s_arr[int(np.argmax(unannounced))]))
+            s = int(s_arr[int(np.argmax(unannounced))])
+            raise unannounced_exponent(s, (int(self._round[s]) * self._w + s) & _TSI_MASK)
         self._phase[si] = np.where(unknown, _NEED_WARMUP, _READY)
         self._shared_exp[si] = exps
         opidx = self._out_opidx[si].copy()
@@ -549,7 +568,7 @@ class Transport:
                 if exp == EXP_UNKNOWN:
                     phases[s] = _NEED_WARMUP
                 elif not queues[s]:
-                    raise self._unannounced_exponent(s)
+                    raise unannounced_exponent(s, (int(self._round[s]) * self._w + s) & _TSI_MASK)
                 else:
                     phases[s] = _READY
                     shared_exp[s] = exp
@@ -567,15 +586,6 @@ class Transport:
         for a, b in _runs(r, p):
             p0, p1 = int(p[a]), int(p[b - 1]) + 1
             op.land(int(r[a]), self._rlanes[p0:p1], (flags[p0:p1] & _NONFINITE) != 0)
-
-    def _unannounced_exponent(self, s: int) -> RuntimeError:
-        """The error for a RESULT that gives slot ``s`` a shared exponent although it announced none."""
-        return RuntimeError(
-            f"protocol error on slot {s}: the RESULT of round tsi "
-            f"{(int(self._round[s]) * self._w + s) & _TSI_MASK} carries a shared exponent for a next "
-            "chunk this worker announced as unknown (do all workers use the same window and issue the "
-            "same all-reduces?)"
-        )
 
     def _check_diverged(self, ours: Operation, flags: int, op_id: int) -> None:
         """Raise the error for a RESULT whose round mixed collectives or was given up on, or return if harmless.
@@ -698,10 +708,7 @@ class Transport:
             own = staged.exps[rows]
             if np.any(own > shared):
                 bad = int(np.argmax(own > shared))
-                raise RuntimeError(
-                    f"protocol error: chunk {op.first_chunk + int(rows[bad])} has exponent {int(own[bad])} above "
-                    f"the shared exponent {int(shared[bad])} (do all workers issue the same all-reduces?)"
-                )
+                raise exponent_above_shared(op.first_chunk + int(rows[bad]), int(own[bad]), int(shared[bad]))
         if op.started_at is None:
             op.started_at = op.progress_at = now
         op.used_exps[rows] = shared

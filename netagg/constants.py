@@ -8,6 +8,8 @@ file is stale. Nothing else in the repository may restate these values.
 from __future__ import annotations
 
 import enum
+import os
+from typing import Final
 
 #: UDP port of the switch's aggregation endpoint (workers send UPDATEs to it; RESULTs come from it).
 AGG_UDP_PORT = 0xBEE0  # 48864
@@ -112,3 +114,17 @@ NUM_JOB_STATS = 4
 assert len(DropReason) <= NUM_DROP_REASONS
 assert len(JobStat) <= NUM_JOB_STATS
 assert POOL_SLOTS < (1 << 15), "slot number is 15 bits on the wire"
+
+
+#: Environment variable that chooses the data path of the software switch and the host agent alike: ``native``
+#: (the compiled one, the default) or ``python`` (the executable reference it is tested against).
+DATAPATH_ENV: Final = "NETAGG_DATAPATH"
+DATAPATHS: Final = ("native", "python")
+
+
+def chosen_datapath(explicit: str | None = None) -> str:
+    """``explicit``, else ``$NETAGG_DATAPATH``, else ``native``; ValueError for any other name."""
+    name = (explicit if explicit else os.environ.get(DATAPATH_ENV) or "native").strip().lower()
+    if name not in DATAPATHS:
+        raise ValueError(f"{DATAPATH_ENV}={name!r}: choose one of {', '.join(DATAPATHS)}")
+    return name

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from netagg.constants import AGG_UDP_PORT
+from netagg.constants import AGG_UDP_PORT, DATAPATH_ENV, DATAPATHS
 
-from .native_pipeline import DATAPATH_ENV, DATAPATHS, make_pipeline
+from .native_pipeline import make_pipeline
 from .p4runtime_server import P4RuntimeServer, TlsConfig
 from .pipeline import Pipeline
 from .ports import (

@@ -9,7 +9,6 @@ in order, so one burst may mix both. ``NETAGG_DATAPATH=python|native`` chooses b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Final
 
@@ -30,16 +29,13 @@ from netagg.constants import (
     Flag,
     JobStat,
     MsgType,
+    chosen_datapath,
 )
 from netagg.wire import U32_MAX
 
 from . import _native
 from .pipeline import _RANDOM_BATCH, Burst, OutBurst, Output, Pipeline
 from .state import SwitchState, Table
-
-#: Environment variable that chooses the data path: ``native`` (the default) or ``python`` (the reference).
-DATAPATH_ENV: Final = "NETAGG_DATAPATH"
-DATAPATHS: Final = ("native", "python")
 
 _LOSS_PORTS: Final = _native.LOSS_PORTS
 
@@ -208,9 +204,6 @@ class NativePipeline(Pipeline):
 
 def make_pipeline(state: SwitchState, seed: int | None = None, datapath: str | None = None) -> Pipeline:
     """The pipeline ``datapath`` (default: ``$NETAGG_DATAPATH``, else native) names; ValueError for others."""
-    name = (datapath if datapath is not None else os.environ.get(DATAPATH_ENV) or "native").strip().lower()
-    if name == "native":
+    if chosen_datapath(datapath) == "native":
         return NativePipeline(state, seed=seed)
-    if name == "python":
-        return Pipeline(state, seed=seed)
-    raise ValueError(f"{DATAPATH_ENV}={name!r}: choose one of {', '.join(DATAPATHS)}")
+    return Pipeline(state, seed=seed)

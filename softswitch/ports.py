@@ -31,11 +31,10 @@ from typing import Final, Self
 
 import numpy as np
 
-from netagg.constants import AGG_UDP_PORT, PORT_BITS
+from netagg.constants import AGG_UDP_PORT, DATAPATH_ENV, PORT_BITS
 from netagg.wire import AGG_OFFSET, ETH_HEADER_BYTES, IPV4_HEADER_BYTES, IPV4_UDP, UDP_HEADER_BYTES
 
 from . import _native
-from .native_pipeline import DATAPATH_ENV
 from .pipeline import Burst, OutBurst
 
 log = logging.getLogger(__name__)

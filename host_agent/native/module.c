@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "burst.h"
+#include "engine_py.h"
 #include "quantize.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -644,7 +645,8 @@ PyMODINIT_FUNC PyInit__native(void)
         "netagg.host_agent._native.Unsupported",
         "Arguments the kernels do not take as they are (type, shape, layout, overlap); the reference does.",
         PyExc_ValueError, NULL);
-    if (Unsupported == NULL || PyModule_AddObjectRef(m, "Unsupported", Unsupported) < 0) {
+    if (Unsupported == NULL || PyModule_AddObjectRef(m, "Unsupported", Unsupported) < 0 ||
+        na_add_engine_type(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -20,9 +20,15 @@ WAIT = 60.0
 
 @contextmanager
 def job(
-    num_workers: int, switch: FakeSwitch | None = None, **client_options: Any
+    num_workers: int,
+    switch: FakeSwitch | None = None,
+    datapaths: Sequence[str] | None = None,
+    **client_options: Any,
 ) -> Iterator[tuple[FakeSwitch, list[AllReduceClient]]]:
-    """A started FakeSwitch and one joined client per rank; everything is closed on exit."""
+    """A started FakeSwitch and one joined client per rank; everything is closed on exit.
+
+    ``datapaths``: each rank's transport data path ("native", "python"); default: the environment's.
+    """
     switch = switch or FakeSwitch(num_workers)
     client_options.setdefault("deadline", 10.0)
     with switch:
@@ -30,9 +36,10 @@ def job(
         clients: list[AllReduceClient] = []
         try:
             for rank in range(num_workers):
-                clients.append(
-                    AllReduceClient.join(controller, switch.job, num_workers, rank, **client_options)
-                )
+                options = dict(client_options)
+                if datapaths is not None:
+                    options["datapath"] = datapaths[rank]
+                clients.append(AllReduceClient.join(controller, switch.job, num_workers, rank, **options))
             yield switch, clients
         finally:
             for client in clients:
