@@ -1,5 +1,6 @@
 /* Burst I/O of the software switch (io.h): recvmmsg into a landing area, copied into bursts (UDP GSO frames split,
- * offloaded checksums completed, UDP-mode headers synthesized), and sendmmsg of output bursts. */
+ * offloaded checksums completed, UDP-mode headers synthesized, GRO runs split), and sendmmsg of output bursts (UDP
+ * mode: GSO messages per destination). */
 #define _GNU_SOURCE
 #include "io.h"
 
@@ -7,6 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 #ifndef VIRTIO_NET_HDR_GSO_UDP_L4
 #define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* Linux >= 4.18; older headers lack the name */
 #endif
@@ -66,6 +76,9 @@ int rx_init(struct rx_queue *q, int fd, int mode, int64_t port, int filter_outgo
         h->msg_iov = q->iovs[i];
         h->msg_name = &q->names[i];
     }
+    int on = 1;
+    if (mode == IO_UDP && setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on) == 0)
+        q->gro = 1; /* a host's GSO burst arrives as one run: one landing slot instead of up to 64 */
     return 0;
 }
 
@@ -145,6 +158,67 @@ static bool split_udp_gso(struct rx_queue *q, const uint8_t *p, size_t n, const 
     return true;
 }
 
+/* The segment size of a GRO receive from its control message, or 0 (a single datagram). */
+static size_t gro_segment(const struct msghdr *h)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR((struct msghdr *)h, c)) {
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+            int size;
+            memcpy(&size, CMSG_DATA(c), sizeof size);
+            return size > 0 ? (size_t)size : 0;
+        }
+    }
+    return 0;
+}
+
+/* UDP mode: landing datagram (or GRO run of datagrams) `i` as frames with synthesized headers, from datagram
+ * q->segment on; false when `f` filled up first. */
+static bool deliver_udp(struct rx_queue *q, unsigned i, const uint8_t *p, size_t n, struct io_frames *f,
+                        const struct udp_framing *u)
+{
+    const struct sockaddr_in *from = &q->names[i].in;
+    size_t seg = q->gro ? gro_segment(&q->msgs[i].msg_hdr) : 0;
+    if (seg == 0 || seg >= n)
+        seg = n;
+    const size_t segments = n ? (n + seg - 1) / seg : 1;
+    for (size_t k = q->segment; k < segments; k++) {
+        const size_t at = k * seg, len = n - at < seg ? n - at : seg;
+        const size_t need = L_AGG + len;
+        if (!fits(f, need)) {
+            if (never_fits(f, need)) {
+                q->stats.truncated++;
+                continue;
+            }
+            q->segment = k;
+            return false;
+        }
+        uint8_t *o = append(f, need, q->port);
+        /* Ethernet: the aggregation MAC, source 0, IPv4. IPv4 without options, TTL 64, UDP, checksum 0 (never
+         * verified): from the sender to the aggregation address. UDP: the sender's port to AGG_UDP_PORT. */
+        memcpy(o, u->mac, 6);
+        memset(o + 6, 0, 6);
+        store16(o + L_ETHERTYPE, 0x0800);
+        o[L_IP] = 0x45;
+        o[L_IP + 1] = 0;
+        store16(o + L_IP + 2, (uint32_t)(20 + 8 + len));
+        store32(o + L_IP + 4, 0);
+        o[L_IP + 8] = 64;
+        o[L_IP_PROTO] = 17;
+        store16(o + L_IP + 10, 0);
+        memcpy(o + L_IP_SRC, &from->sin_addr.s_addr, 4);
+        store32(o + L_IP_DST, u->addr);
+        memcpy(o + L_UDP, &from->sin_port, 2);
+        store16(o + L_UDP_DPORT, u->port);
+        store16(o + L_UDP_LENGTH, (uint32_t)(8 + len));
+        store16(o + L_UDP_LENGTH + 2, 0);
+        memcpy(o + L_AGG, p + at, len);
+        q->stats.frames++;
+    }
+    if (segments > 1)
+        q->stats.gso_frames++;
+    return true;
+}
+
 /* Copy landing frame `i` into `f`; false (nothing copied, or a GSO frame partly) when `f` has no room for it. */
 static bool deliver(struct rx_queue *q, unsigned i, struct io_frames *f, const struct udp_framing *u)
 {
@@ -155,38 +229,8 @@ static bool deliver(struct rx_queue *q, unsigned i, struct io_frames *f, const s
         q->stats.truncated++;
         return true;
     }
-    if (q->mode == IO_UDP) {
-        const size_t need = L_AGG + n;
-        if (!fits(f, need)) {
-            if (!never_fits(f, need))
-                return false;
-            q->stats.truncated++;
-            return true;
-        }
-        const struct sockaddr_in *from = &q->names[i].in;
-        uint8_t *o = append(f, need, q->port);
-        /* Ethernet: the aggregation MAC, source 0, IPv4. IPv4 without options, TTL 64, UDP, checksum 0 (never
-         * verified): from the sender to the aggregation address. UDP: the sender's port to AGG_UDP_PORT. */
-        memcpy(o, u->mac, 6);
-        memset(o + 6, 0, 6);
-        store16(o + L_ETHERTYPE, 0x0800);
-        o[L_IP] = 0x45;
-        o[L_IP + 1] = 0;
-        store16(o + L_IP + 2, (uint32_t)(20 + 8 + n));
-        store32(o + L_IP + 4, 0);
-        o[L_IP + 8] = 64;
-        o[L_IP_PROTO] = 17;
-        store16(o + L_IP + 10, 0);
-        memcpy(o + L_IP_SRC, &from->sin_addr.s_addr, 4);
-        store32(o + L_IP_DST, u->addr);
-        memcpy(o + L_UDP, &from->sin_port, 2);
-        store16(o + L_UDP_DPORT, u->port);
-        store16(o + L_UDP_LENGTH, (uint32_t)(8 + n));
-        store16(o + L_UDP_LENGTH + 2, 0);
-        memcpy(o + L_AGG, p, n);
-        q->stats.frames++;
-        return true;
-    }
+    if (q->mode == IO_UDP)
+        return deliver_udp(q, i, p, n, f, u);
     /* Packet socket: the virtio_net_hdr came first. */
     if (n < sizeof q->vnet[i]) {
         q->stats.truncated++;
@@ -234,6 +278,10 @@ size_t rx_receive(struct rx_queue *q, struct io_frames *f, size_t budget, const 
         for (size_t i = 0; i < want; i++) {
             q->msgs[i].msg_hdr.msg_flags = 0;
             q->msgs[i].msg_hdr.msg_namelen = sizeof q->names[i];
+            if (q->gro) {
+                q->msgs[i].msg_hdr.msg_control = q->control[i].buf;
+                q->msgs[i].msg_hdr.msg_controllen = sizeof q->control[i].buf;
+            }
         }
         int got = recvmmsg(q->fd, q->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
         called = true;
@@ -309,36 +357,135 @@ void tx_packet(const int32_t *fds, size_t nfds, const struct io_frames *f, struc
     }
 }
 
-void tx_udp(int fd, int64_t port_number, const struct io_frames *f, struct tx_result *r)
+/* Whether the frame is an IPv4/UDP datagram leaving on `port_number`; its payload's length (what the UDP length
+ * announces, within the frame: Ethernet padding stays behind). */
+static bool udp_payload(const uint8_t *p, size_t n, int64_t port, int64_t port_number, size_t *len)
 {
+    if (port != port_number || n < L_AGG || load16(p + L_ETHERTYPE) != 0x0800 || p[L_IP] != 0x45 ||
+        p[L_IP_PROTO] != 17)
+        return false;
+    size_t end = L_UDP + load16(p + L_UDP_LENGTH);
+    if (end > n)
+        end = n;
+    *len = end > L_AGG ? end - L_AGG : 0;
+    return true;
+}
+
+/* Largest UDP payload of one IPv4 datagram (a GSO message may not exceed it either), and datagrams per message. */
+#define UDP_MAX_PAYLOAD 65507
+#define GSO_MAX_SEGMENTS 64
+/* Set for good once the kernel refuses a GSO message (an old kernel): one datagram per message from then on. */
+static int gso_refused;
+
+/* A batch of messages for sendmmsg, each one datagram or a GSO run of equal-size datagrams to one destination. */
+struct udp_batch {
     struct mmsghdr m[IO_BATCH];
-    struct iovec iov[IO_BATCH];
+    struct iovec iov[IO_BATCH * GSO_MAX_SEGMENTS];
     struct sockaddr_in to[IO_BATCH];
-    unsigned batch = 0;
-    for (size_t i = 0; i < f->count; i++) {
-        const uint8_t *p = f->buf + f->rows[i].offset;
-        const size_t n = (size_t)f->rows[i].length;
-        if (f->rows[i].port != port_number || n < L_AGG || load16(p + L_ETHERTYPE) != 0x0800 || p[L_IP] != 0x45 ||
-            p[L_IP_PROTO] != 17) {
-            r->unroutable++;
+    union {
+        struct cmsghdr align;
+        uint8_t buf[CMSG_SPACE(sizeof(uint16_t))];
+    } control[IO_BATCH];
+    unsigned count, iovs;
+};
+
+static void flush_udp(int fd, struct udp_batch *b, struct tx_result *r)
+{
+    unsigned i = 0;
+    while (i < b->count) {
+        int k = sendmmsg(fd, b->m + i, b->count - i, MSG_DONTWAIT);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            const unsigned datagrams = (unsigned)b->m[i].msg_hdr.msg_iovlen;
+            if (b->m[i].msg_hdr.msg_controllen && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP) &&
+                !gso_refused) {
+                gso_refused = 1; /* resend this message's datagrams one by one */
+                for (unsigned d = 0; d < datagrams; d++) {
+                    struct msghdr h = b->m[i].msg_hdr;
+                    h.msg_iov += d;
+                    h.msg_iovlen = 1;
+                    h.msg_control = NULL;
+                    h.msg_controllen = 0;
+                    if (sendmsg(fd, &h, MSG_DONTWAIT) < 0) {
+                        r->errors++;
+                        r->last_error = errno;
+                    } else {
+                        r->sent++;
+                    }
+                }
+            } else {
+                r->errors += datagrams;
+                r->last_error = errno;
+            }
+            i++;
             continue;
         }
-        /* The datagram is what the UDP length announces, within the frame (Ethernet padding stays behind). */
-        size_t end = L_UDP + load16(p + L_UDP_LENGTH);
-        if (end > n)
-            end = n;
-        to[batch] = (struct sockaddr_in){.sin_family = AF_INET};
-        memcpy(&to[batch].sin_addr.s_addr, p + L_IP_DST, 4);
-        memcpy(&to[batch].sin_port, p + L_UDP_DPORT, 2);
-        iov[batch] = (struct iovec){(void *)(p + L_AGG), end > L_AGG ? end - L_AGG : 0};
-        m[batch] = (struct mmsghdr){
-            .msg_hdr = {.msg_name = &to[batch], .msg_namelen = sizeof to[batch], .msg_iov = &iov[batch],
-                        .msg_iovlen = 1}};
-        if (++batch == IO_BATCH) {
-            send_all(fd, m, batch, r);
-            batch = 0;
+        for (unsigned j = i; j < i + (unsigned)k; j++)
+            r->sent += (unsigned)b->m[j].msg_hdr.msg_iovlen;
+        i += (unsigned)k;
+    }
+    b->count = b->iovs = 0;
+}
+
+void tx_udp(int fd, int64_t port_number, const struct io_frames *f, struct tx_result *r)
+{
+    static struct udp_batch b; /* large (the iovecs); the switch sends from one thread */
+    uint8_t taken[TX_WINDOW];
+    b.count = b.iovs = 0;
+    for (size_t base = 0; base < f->count; base += TX_WINDOW) {
+        const size_t end = f->count - base < TX_WINDOW ? f->count : base + TX_WINDOW;
+        memset(taken, 0, sizeof taken);
+        for (size_t i = base; i < end; i++) {
+            if (taken[i - base])
+                continue;
+            const uint8_t *p = f->buf + f->rows[i].offset;
+            size_t len;
+            if (!udp_payload(p, (size_t)f->rows[i].length, f->rows[i].port, port_number, &len)) {
+                r->unroutable++;
+                continue;
+            }
+            if (b.count == IO_BATCH)
+                flush_udp(fd, &b, r);
+            const unsigned k = b.count;
+            struct mmsghdr *m = &b.m[k];
+            b.to[k] = (struct sockaddr_in){.sin_family = AF_INET};
+            memcpy(&b.to[k].sin_addr.s_addr, p + L_IP_DST, 4);
+            memcpy(&b.to[k].sin_port, p + L_UDP_DPORT, 2);
+            *m = (struct mmsghdr){.msg_hdr = {.msg_name = &b.to[k], .msg_namelen = sizeof b.to[k],
+                                              .msg_iov = &b.iov[b.iovs], .msg_iovlen = 1}};
+            b.iov[b.iovs++] = (struct iovec){(void *)(p + L_AGG), len};
+            taken[i - base] = 1;
+            b.count++;
+            /* The same destination's later datagrams of this size in the window join it as GSO segments. */
+            size_t segments = 1;
+            for (size_t j = i + 1; j < end && !gso_refused && len > 0 && segments < GSO_MAX_SEGMENTS &&
+                                   (segments + 1) * len <= UDP_MAX_PAYLOAD;
+                 j++) {
+                const uint8_t *q = f->buf + f->rows[j].offset;
+                size_t other;
+                if (taken[j - base] || !udp_payload(q, (size_t)f->rows[j].length, f->rows[j].port, port_number, &other) ||
+                    memcmp(q + L_IP_DST, p + L_IP_DST, 4) != 0 || memcmp(q + L_UDP_DPORT, p + L_UDP_DPORT, 2) != 0)
+                    continue;
+                if (other != len)
+                    break; /* another size for this destination: it goes next, in order */
+                b.iov[b.iovs++] = (struct iovec){(void *)(q + L_AGG), len};
+                taken[j - base] = 1;
+                segments++;
+            }
+            m->msg_hdr.msg_iovlen = segments;
+            if (segments > 1) {
+                m->msg_hdr.msg_control = b.control[k].buf;
+                m->msg_hdr.msg_controllen = sizeof b.control[k].buf;
+                struct cmsghdr *c = CMSG_FIRSTHDR(&m->msg_hdr);
+                c->cmsg_level = SOL_UDP;
+                c->cmsg_type = UDP_SEGMENT;
+                c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t size = (uint16_t)len;
+                memcpy(CMSG_DATA(c), &size, sizeof size);
+            }
         }
     }
-    if (batch)
-        send_all(fd, m, batch, r);
+    if (b.count)
+        flush_udp(fd, &b, r);
 }

@@ -4,8 +4,10 @@
  * the aggregation kernel reads (struct io_frames). What does not fit the burst stays in the landing area for the
  * next call (rx_pending). Packet sockets must have PACKET_VNET_HDR on: a UDP GSO frame (a host's burst that
  * crossed a veth as one frame) is split here into the datagrams it stands for, and a checksum left to offload is
- * completed. UDP sockets get the Ethernet/IPv4/UDP headers of the switch's UDP mode (docs/softswitch.md).
- * Send: sendmmsg, one call per port and batch of frames (packet sockets) or per batch (UDP).
+ * completed. UDP sockets get the Ethernet/IPv4/UDP headers of the switch's UDP mode (docs/softswitch.md); with
+ * UDP GRO on (where the kernel has it) a run of coalesced datagrams is split the same way.
+ * Send: sendmmsg, one call per port and batch of frames (packet sockets) or per batch (UDP; there the datagrams of
+ * one destination go out as UDP GSO messages of up to 64, where the kernel takes them).
  *
  * Pure C, no Python objects; softswitch/native/module.c binds it.
  */
@@ -46,7 +48,7 @@ struct udp_framing {
 
 struct rx_stats {
     uint64_t frames;       /* frames handed to bursts (a GSO frame's datagrams counted one by one) */
-    uint64_t gso_frames;   /* UDP GSO frames split */
+    uint64_t gso_frames;   /* UDP GSO frames (packet sockets) or GRO runs (UDP) split */
     uint64_t truncated;    /* frames larger than a landing slot: dropped */
     uint64_t unsplit;      /* GSO frames of another kind (TCP) or malformed: dropped */
     uint64_t errors;       /* failed receive calls (e.g. ENETDOWN while a link flaps) */
@@ -60,6 +62,11 @@ struct rx_queue {
     struct mmsghdr msgs[IO_BATCH];
     struct iovec iovs[IO_BATCH][2];
     struct virtio_net_hdr vnet[IO_BATCH];
+    union { /* UDP mode: the UDP_GRO control message (the segment size of a coalesced run) */
+        struct cmsghdr align;
+        uint8_t buf[CMSG_SPACE(sizeof(int))];
+    } control[IO_BATCH];
+    int gro; /* UDP mode: UDP GRO is on */
     union {
         struct sockaddr_in in;
         struct sockaddr_ll ll;
@@ -87,7 +94,8 @@ struct tx_result {
  * PACKET_VNET_HDR on; order is kept per port. */
 void tx_packet(const int32_t *fds, size_t nfds, const struct io_frames *f, struct tx_result *r);
 /* Send every frame of `f` that leaves on `port_number` as IPv4/UDP from the UDP socket `fd`, to the frame's IPv4
- * destination and UDP destination port; the others are unroutable. */
+ * destination and UDP destination port; the others are unroutable. Equal-size datagrams to one destination go as
+ * UDP GSO messages (order kept per destination) until the kernel refuses GSO once; then one message each. */
 void tx_udp(int fd, int64_t port_number, const struct io_frames *f, struct tx_result *r);
 
 #endif

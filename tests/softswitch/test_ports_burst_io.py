@@ -94,3 +94,59 @@ def test_send_burst_sends_udp_results_and_counts_the_rest(native: bool) -> None:
         ports.send_burst(out)
         assert [receiver.recv(100) for _ in range(2)] == [b"hello", b"hello"]
         assert (ports.stats.tx, ports.stats.tx_unroutable, ports.stats.tx_errors) == (2, 2, 0)
+
+
+def test_a_coalesced_gso_burst_is_split_into_its_datagrams_in_order() -> None:
+    """A worker's UDP GSO burst reaches the switch as one GRO run; every datagram becomes its own frame, also
+    when the run fills several bursts (the rest waits in the landing area)."""
+    from netagg.host_agent import _native as agent_native  # the agent's GSO send
+
+    _, native, python = ports_pair()
+    python.close()
+    seg, count = 100, 12
+    data = bytes((i * 7 + k) & 0xFF for i in range(count) for k in range(seg)) + b"tail"
+    with native, udp_socket() as sender:
+        sender.connect(native.address)
+        sent, _, err = agent_native.send_burst(sender.fileno(), data, seg, count, 0)
+        sender.send(data[-4:])  # not part of the run: a shorter datagram after it
+        assert (sent, err) == (count, 0)
+        (fd,) = native.fds()
+        got: list[bytes] = []
+        deadline = time.monotonic() + DEADLINE_S
+        while len(got) < count + 1 and time.monotonic() < deadline:
+            if not native.pending_fds():
+                wait_readable(fd)
+            small = Burst(frames=5)
+            native.receive_burst(fd, small)
+            got += [frame[AGG_OFFSET:] for _, frame in small.frames()]
+    assert got == [data[i * seg : (i + 1) * seg] for i in range(count)] + [b"tail"]
+    assert native.stats.rx == count + 1
+
+
+def test_results_to_several_workers_keep_their_order_per_worker() -> None:
+    """The native send groups each destination's equal-size datagrams into GSO messages; every worker still gets
+    its datagrams whole and in order, whatever the interleaving in the burst."""
+    pipeline, ports, other = ports_pair()
+    other.close()
+    with ports, udp_socket() as a, udp_socket() as b:
+        out = OutBurst()
+        expected: dict[int, list[bytes]] = {0: [], 1: []}
+        for i in range(150):
+            k = i % 2
+            host, port = (a, b)[k].getsockname()
+            size = 64 if i != 77 else 65  # one odd size: its own message
+            payload = bytes([i]) * size
+            frame = bytearray(AGG_OFFSET + size)
+            frame[12:14] = b"\x08\x00"
+            IPV4_UDP.pack_into(
+                frame, ETH_HEADER_BYTES, 0x45, 0, 28 + size, 0, 0, 64, 17, 0, 0,
+                int.from_bytes(socket.inet_aton(host), "big"), 48864, port, 8 + size, 0,
+            )  # fmt: skip
+            frame[AGG_OFFSET:] = payload
+            out.append(UDP_PORT_NUMBER, frame)
+            expected[k].append(payload)
+        ports.send_burst(out)
+        for k, sock in enumerate((a, b)):
+            sock.settimeout(DEADLINE_S)
+            assert [sock.recv(2048) for _ in expected[k]] == expected[k]
+        assert (ports.stats.tx, ports.stats.tx_errors) == (150, 0)
