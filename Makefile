@@ -13,7 +13,7 @@ NATIVE_MODULES := host_agent/_native softswitch/_native
 # FORCE when one is missing: a fresh checkout or a clean.
 NATIVE_MISSING := $(foreach m,$(NATIVE_MODULES),$(if $(wildcard $(m).*.so),,FORCE))
 
-.PHONY: install deb venv FORCE test test-unit test-loopback test-netns p4 bench bench-network mininet-demo docker-base docker-test repro-alq repro-powersgd repro-cser lint clean
+.PHONY: install deb venv FORCE test test-unit test-loopback test-netns p4 bench bench-network mininet-demo docker-base docker-test repro-alq repro-powersgd repro-cser repro-bml lint clean
 
 install: deb venv ## set up everything on a fresh machine (idempotent)
 
@@ -82,6 +82,9 @@ repro-powersgd: venv ## torch's PowerSGD hook through a software switch, 4 worke
 
 repro-cser: venv ## CSER, CSER-PL, EF-SGD, QSparse-local-SGD, local SGD: accuracy vs ratio -> docs/repro/cser.md
 	$(PY) -m examples.repro_cser --out docs/repro $(ARGS)
+
+repro-bml: venv ## BML on BCube(3,2) vs gloo's ring and netagg, same rate per card -> docs/repro/bml.md; needs root
+	$(PY) -m bench.bml $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

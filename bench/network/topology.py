@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mininet.node import Host
+from mininet.node import Host, Node
 
 from examples.mininet.commands import check_in, run_in
 from examples.mininet.network import DemoNetwork, Teardown
@@ -41,7 +41,43 @@ class BenchNetworkError(RuntimeError):
     """The benchmark network could not be set up or checked; the message says which step."""
 
 
-class BenchNetwork:
+class ShapedCounters:
+    """What the reports read from a shaped network: its qdisc, the shapers' drops, the hosts' TCP retransmissions.
+
+    For a network that lists ``shaped_interfaces()`` (both ends of every shaped link) and its ``hosts``.
+    """
+
+    hosts: list[Host]
+
+    def shaped_interfaces(self) -> list[tuple[Node, str]]:
+        raise NotImplementedError
+
+    def qdisc_shaping(self) -> str:
+        """The qdisc line of the first shaped interface (the same parameters are on every end)."""
+        node, intf = self.shaped_interfaces()[0]
+        text = check_in(node, ["tc", "qdisc", "show", "dev", intf])
+        return text.strip().splitlines()[0] if text.strip() else "none"
+
+    def qdisc_drops(self) -> int:
+        """Packets the shapers dropped so far, summed over both ends of every shaped link."""
+        total = 0
+        for node, intf in self.shaped_interfaces():
+            text = check_in(node, ["tc", "-s", "qdisc", "show", "dev", intf])
+            total += sum(int(m) for m in _DROPPED.findall(text))
+        return total
+
+    def tcp_retransmissions(self) -> int:
+        """TCP segments retransmitted so far, summed over the hosts' namespaces (``/proc/PID/net/snmp``)."""
+        total = 0
+        for host in self.hosts:
+            lines = Path(f"/proc/{host.pid}/net/snmp").read_text().splitlines()
+            tcp = [line.split() for line in lines if line.startswith("Tcp:")]
+            header, values = tcp[0], tcp[1]
+            total += int(values[header.index("RetransSegs")])
+        return total
+
+
+class BenchNetwork(ShapedCounters):
     """n hosts on one switch node with every data link shaped to ``rate_mbit`` in both directions."""
 
     def __init__(self, hosts: int, rate_mbit: float, log_dir: Path, target: str = "softswitch") -> None:
@@ -78,29 +114,6 @@ class BenchNetwork:
             ends.append((self.switch, self.topo.switch_intf(spec.port)))
         return ends
 
-    def qdisc_shaping(self) -> str:
-        """The qdisc line of the first host's data interface (the same parameters are on every end)."""
-        node, intf = self.shaped_interfaces()[0]
-        text = check_in(node, ["tc", "qdisc", "show", "dev", intf])
-        return text.strip().splitlines()[0] if text.strip() else "none"
-
-    def qdisc_drops(self) -> int:
-        """Packets the shapers dropped so far, summed over both ends of every data link."""
-        total = 0
-        for node, intf in self.shaped_interfaces():
-            text = check_in(node, ["tc", "-s", "qdisc", "show", "dev", intf])
-            total += sum(int(m) for m in _DROPPED.findall(text))
-        return total
-
-    def tcp_retransmissions(self) -> int:
-        """TCP segments retransmitted so far, summed over the hosts' namespaces (``/proc/PID/net/snmp``)."""
-        total = 0
-        for host in self.hosts:
-            lines = Path(f"/proc/{host.pid}/net/snmp").read_text().splitlines()
-            tcp = [line.split() for line in lines if line.startswith("Tcp:")]
-            header, values = tcp[0], tcp[1]
-            total += int(values[header.index("RetransSegs")])
-        return total
 
     # -- gloo: a Linux bridge ----------------------------------------------------------------------------------
 

@@ -94,55 +94,71 @@ class DemoNetwork:
         self.switch.start([])
 
     def _quiet_namespace(self, node: Node) -> None:
-        # No IPv6: no router/neighbour solicitations for the switch to flood; loopback up for local servers.
-        check_in(
-            node,
-            [
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        )
-        check_in(node, ["ip", "link", "set", "lo", "up"])
+        quiet_namespace(node)
 
     def _shape(self, node: Node, intf: str) -> None:
-        """Limit ``intf``'s egress to ``bw_mbit`` with a token bucket (tbf: netem is not in every kernel)."""
         assert self.bw_mbit
-        rate_bytes = self.bw_mbit * 1e6 / 8
-        # The bucket must hold at least one timer tick's worth of bytes, and a few full frames.
-        burst = max(16 * 1514, int(rate_bytes / 250))
-        check_in(
-            node,
-            [
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                intf,
-                "root",
-                "tbf",
-                "rate",
-                f"{self.bw_mbit}mbit",
-                "burst",
-                str(burst),
-                "latency",
-                "50ms",
-            ],
-        )
+        shape(node, intf, self.bw_mbit)
 
     def close(self) -> Teardown:
         """Stop processes, delete interfaces, end node shells; say what was done and what went wrong."""
-        done = Teardown(processes=len(self.procs.processes), veths=len(self._veths), shells=len(self._nodes))
-        done.problems += [f"{p.role} (pid {p.pid}) survived SIGKILL" for p in self.procs.stop_all()]
-        for node, intf in reversed(self._veths):
-            done.problems += _delete_intf(node, intf)
-        self._veths.clear()
-        for node in reversed(self._nodes):
-            done.problems += _end_shell(node)
-        self._nodes.clear()
-        return done
+        return teardown(self.procs, self._veths, self._nodes)
+
+
+def quiet_namespace(node: Node) -> None:
+    """No IPv6 in ``node``'s namespace (no router/neighbour solicitations to flood); loopback up for servers."""
+    check_in(
+        node,
+        [
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    )
+    check_in(node, ["ip", "link", "set", "lo", "up"])
+
+
+def shape(node: Node, intf: str, bw_mbit: float) -> None:
+    """Limit ``intf``'s egress to ``bw_mbit`` with a token bucket (tbf: netem is not in every kernel)."""
+    rate_bytes = bw_mbit * 1e6 / 8
+    # The bucket must hold at least one timer tick's worth of bytes, and a few full frames.
+    burst = max(16 * 1514, int(rate_bytes / 250))
+    check_in(
+        node,
+        [
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            intf,
+            "root",
+            "tbf",
+            "rate",
+            f"{bw_mbit}mbit",
+            "burst",
+            str(burst),
+            "latency",
+            "50ms",
+        ],
+    )
+
+
+def teardown(procs: ProcessSet, veths: list[tuple[Node, str]], nodes: list[Node]) -> Teardown:
+    """Stop every process of ``procs`` by PID, delete ``veths`` (one end of each pair), end ``nodes``' shells.
+
+    The lists are emptied; the result says what was done and what went wrong.
+    """
+    done = Teardown(processes=len(procs.processes), veths=len(veths), shells=len(nodes))
+    done.problems += [f"{p.role} (pid {p.pid}) survived SIGKILL" for p in procs.stop_all()]
+    for node, intf in reversed(veths):
+        done.problems += _delete_intf(node, intf)
+    veths.clear()
+    for node in reversed(nodes):
+        done.problems += _end_shell(node)
+    nodes.clear()
+    return done
 
 
 @dataclass
