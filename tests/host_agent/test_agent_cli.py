@@ -14,7 +14,7 @@ import netagg.controller.client as controller_client
 from netagg.host_agent import cli
 from netagg.host_agent import quantize as q
 from netagg.host_agent.collective import DEFAULT_NAME, ENCODING_BFP, ENCODING_INT32X2, Collective
-from netagg.wire import HEADER_BYTES, LANE_DTYPE
+from netagg.wire import HEADER_BYTES, LANE_DTYPE, unpack_header
 
 pytestmark = pytest.mark.loopback
 
@@ -152,11 +152,10 @@ class _CorruptingSwitch(FakeSwitch):
         super().__init__(num_workers, **kwargs)  # type: ignore[arg-type]
         self.corrupt_op = corrupt_op
 
-    def _result(self, set_: int, slot: int, worker: int) -> bytes:
-        data = super()._result(set_, slot, worker)
-        if self._copies[set_][slot].op != self.corrupt_op:
-            return data
-        buf = bytearray(data)
+    def outgoing(self, datagram: bytes) -> bytes:
+        if unpack_header(datagram).op != self.corrupt_op:
+            return datagram
+        buf = bytearray(datagram)
         lanes = np.frombuffer(buf, dtype=LANE_DTYPE, offset=HEADER_BYTES)
         lanes[0] ^= 1 << 20
         self.counters["corrupted"] += 1

@@ -88,3 +88,20 @@ def test_an_old_update_never_opens_a_round_across_the_tsi_wrap(rig: tuple) -> No
     header, lanes = _round(rig, (T + 8) % 2**32, 0)[1]  # tsi 4 is newer than 2**32 - 4 in serial order
     assert header.tsi == 4 and lanes.tolist() == [3] * LANES  # the old packet added nothing
     assert switch.counters["stale"] == 1
+
+
+def test_drops_are_the_pipelines_by_reason_and_add_nothing(rig: tuple) -> None:
+    """Aggregation is the software switch's reference pipeline: the fake switch counts what it drops under the
+    pipeline's own reasons (netagg.constants.DropReason) and its job statistics (JobStat)."""
+    switch, socks, keys = rig
+    header = AggHeader(MsgType.UPDATE, switch.size, switch.job_id, 0, 0, 0, 0, 0, keys[0], 1)
+    good = encode(header, np.full(LANES, 100, np.int32))
+    reserved = bytes([good[0] | 0x08]) + good[1:]  # byte 0's reserved bit (netagg.wire.HEADER_FIELDS)
+    version_1 = bytes([(1 << 6) | (good[0] & 0x3F)]) + good[1:]  # byte 0's version field: 1
+    for bad in (reserved, version_1, good[:-4]):  # the last one is truncated
+        socks[0].sendto(bad, switch.address)
+    results = _round(rig, 0, 0)
+    assert [lanes.tolist() for _, lanes in results] == [[3] * LANES] * 2
+    counters = switch.counters
+    assert (counters["reserved_bit"], counters["bad_version"], counters["parser_error"]) == (1, 1, 1)
+    assert (counters["aggregated"], counters["completed"]) == (2, 1)
