@@ -32,10 +32,15 @@ class RtoConfig:
 
 
 class RttEstimator:
-    """Jacobson/Karels smoothed RTT; samples only from rounds sent once (Karn's rule)."""
+    """Jacobson/Karels smoothed RTT; samples only from rounds sent once (Karn's rule).
 
-    def __init__(self, config: RtoConfig) -> None:
+    ``slack``: queueing delay the congestion window tolerates before it reacts (``WindowConfig.delay_target``);
+    the timeout stays at least that far above the smoothed RTT, so a queue the window allows never fires it.
+    """
+
+    def __init__(self, config: RtoConfig, slack: float = 0.0) -> None:
         self.config = config
+        self.slack = slack
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.rto = config.initial
@@ -55,7 +60,8 @@ class RttEstimator:
         else:
             self.rttvar += 0.25 * (abs(self.srtt - rtt) - self.rttvar)
             self.srtt += 0.125 * (rtt - self.srtt)
-        self.rto = min(max(self.srtt + 4 * self.rttvar, self.config.minimum), self.config.maximum)
+        rto = max(self.srtt + 4 * self.rttvar, self.srtt + self.slack, self.config.minimum)
+        self.rto = min(rto, self.config.maximum)
 
 
 class DeadlineHeap:

@@ -253,7 +253,7 @@ class Transport:
         self._tx_flags = np.zeros(w, np.uint8)
         self._tx_op = np.zeros(w, np.uint32)
         self._timers = DeadlineHeap()
-        self._rtt = RttEstimator(config.rto)
+        self._rtt = RttEstimator(config.rto, config.congestion.delay_target if config.congestion else 0.0)
         self._cwnd = CongestionWindow(w, config.congestion) if config.congestion is not None else None
         self.stats.window = float(self._cwnd.limit if self._cwnd else w)
         self._loss_rng = np.random.default_rng(config.loss_seed)

@@ -108,6 +108,8 @@ static void rtt_sample(struct na_engine *e, double rtt)
         e->srtt += 0.125 * (rtt - e->srtt);
     }
     double rto = e->srtt + 4 * e->rttvar;
+    if (e->cfg.congestion && rto < e->srtt + e->cfg.cw_delay_target)
+        rto = e->srtt + e->cfg.cw_delay_target; /* RttEstimator.slack */
     e->rto = rto < e->cfg.rto_min ? e->cfg.rto_min : rto > e->cfg.rto_max ? e->cfg.rto_max : rto;
 }
 

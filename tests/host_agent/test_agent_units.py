@@ -89,6 +89,18 @@ def test_rtt_estimator_follows_samples_and_backs_off() -> None:
     assert est.rto == config.maximum
 
 
+def test_the_timeout_stays_above_the_queue_the_window_tolerates() -> None:
+    """With congestion control the RTT may legitimately grow by the window's delay target before it reacts: the
+    timeout keeps that slack above the smoothed RTT, however steady the samples (a steady queue has no variance)."""
+    config = RtoConfig(initial=0.05, minimum=0.005, maximum=0.5)
+    plain, slack = RttEstimator(config), RttEstimator(config, slack=0.020)
+    for _ in range(200):
+        plain.sample(0.010)
+        slack.sample(0.010)
+    assert plain.rto == pytest.approx(0.010, abs=1e-4)  # srtt + 4 * rttvar, rttvar decayed to ~0
+    assert slack.rto == pytest.approx(0.030, abs=1e-4)  # a 15 ms queue step fires no timeout
+
+
 def test_rto_config_validation() -> None:
     with pytest.raises(ValueError):
         RtoConfig(initial=1.0, minimum=0.1, maximum=0.5)
