@@ -7,19 +7,22 @@ stage the host sends and receives the pieces the schedule gives it, on all ``k``
 event loop over every connection; on each card to one peer after the other), sums what it receives into its own
 buffer (aggregation stages) or stores it (broadcast stages), and moves on when its own part of the stage is done.
 Sums are integer additions, so the result is bit-exact: the same as ``bml.execute`` and the same on every host.
+``allreduce_float`` sums float32 through that integer path (fixed point, the quantizer's block exponents).
 
 Why TCP: within a level-``l`` group the traffic is host to host, as in a ring all-reduce (gloo's is TCP too), and
 the switches only forward; TCP gives ordered, reliable, congestion-controlled streams without a retransmission
 scheme of our own, which keeps the comparison with the ring about the schedule and not about two transports.
 
 The framing, defined here once: a connection starts with ``HELLO`` from the lower-numbered host (it connects,
-the higher-numbered one listens); every piece is a ``PIECE`` header, then the piece's bytes.
+the higher-numbered one listens); every piece is a ``PIECE`` header, then the piece's bytes. The address plan
+every host is given (``BmlPlan``, a JSON file) is defined here too.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import selectors
 import socket
 import struct
@@ -28,9 +31,14 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from netagg.constants import MAX_LANES
+from netagg.wire import EXP_MIN
+
+from . import quantize as q
 from .bml import BCube, Phase, Transfer, schedule
 
 #: TCP port every card listens on (each card has its own address; one port for all).
@@ -50,10 +58,71 @@ CHUNK = 1 << 20
 #: and each drop is a retransmission. Measured, one 1 MiB sync on BCube(9,1) at 20 Mbit/s: autotuned or 64 KiB,
 #: 16 000-19 500 drops at the hosts' shapers; 16 KiB, none (and 1.4 s -> 1.0 s).
 SEND_BUFFER = 16 * 1024
+#: Elements per block (one shared exponent each) of ``allreduce_float``: the lanes of the switch path's largest
+#: (and default) packet, so both paths quantize alike.
+FLOAT_BLOCK = MAX_LANES
+#: ``allreduce_float``'s exponent table: exponent - EXP_MIN in the low 8 bits, the non-finite flag above.
+_EXP_LOWEST = EXP_MIN
+_EXP_MASK = 0xFF
+_NONFINITE_BIT = 8
 
 
 class BmlError(RuntimeError):
     """A BML synchronization could not be set up or did not complete; the message names the host, peer and card."""
+
+
+@dataclass(frozen=True)
+class BmlPlan:
+    """A BCube(n, k) and every host's card addresses (and interface names, where known): what each host is given.
+
+    As JSON (the plan file): ``{"n": n, "k": k, "cards": [[{"address": A, "interface": I}, ...], ...]}``, one list
+    per host with one entry per level; ``interface`` is optional.
+    """
+
+    cube: BCube
+    addresses: tuple[tuple[str, ...], ...]  # [host][level] -> card address
+    interfaces: tuple[tuple[str, ...], ...] | None = None  # [host][level] -> interface name
+
+    def to_json(self) -> str:
+        cards = [
+            [
+                {"interface": self.interfaces[h][lvl], "address": a} if self.interfaces else {"address": a}
+                for lvl, a in enumerate(addrs)
+            ]
+            for h, addrs in enumerate(self.addresses)
+        ]
+        return json.dumps({"n": self.cube.n, "k": self.cube.k, "cards": cards})
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "the BML plan") -> BmlPlan:
+        """The plan in ``text``; ValueError naming ``source`` and what is wrong with it."""
+        try:
+            raw = json.loads(text)
+            cube = BCube(int(raw["n"]), int(raw["k"]))
+            hosts = raw["cards"]
+            if not isinstance(hosts, list):
+                raise TypeError("'cards' is not a list")
+            if len(hosts) != cube.hosts:
+                raise ValueError(f"BCube(n={cube.n}, k={cube.k}) has {cube.hosts} hosts; 'cards' lists {len(hosts)}")
+            for h, cards in enumerate(hosts):
+                if not isinstance(cards, list) or len(cards) != cube.k:
+                    raise ValueError(f"host {h} needs {cube.k} cards (one per level), the plan gives {cards!r}")
+            addresses = tuple(tuple(str(card["address"]) for card in cards) for cards in hosts)
+            named = all("interface" in card for cards in hosts for card in cards)
+            interfaces = tuple(tuple(str(c["interface"]) for c in cards) for cards in hosts) if named else None
+        except (ValueError, TypeError, KeyError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{source} is not a BML plan: {what}") from None
+        return cls(cube, addresses, interfaces)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BmlPlan:
+        """The plan in the JSON file ``path``; ValueError naming the file and what is wrong with it."""
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read the BML plan {str(path)!r}: {exc.strerror or exc}") from None
+        return cls.from_json(text, f"{str(path)!r}")
 
 
 @dataclass
@@ -124,21 +193,36 @@ class BmlPeers:
         self._schedules: dict[int, list[Transfer]] = {}
         self._queued: dict[int, deque[tuple[_Link, list[_Outgoing]]]] = {}
         self._pending: set[tuple[int, int]] = set()
+        self._listeners: dict[int, socket.socket] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------
 
-    def connect(self) -> None:
-        """Listen on every card, connect to higher-numbered peers, accept lower-numbered ones (one deadline)."""
+    def listen(self) -> list[int]:
+        """Listen on every card (at ``port``; 0: a free port each); the listening ports by level, for ``connect``."""
+        if not self._listeners:
+            try:
+                for level in range(self.topo.k):
+                    self._listeners[level] = self._listen(level)
+            except BaseException:
+                self._close_listeners()
+                raise
+        return [self._listeners[level].getsockname()[1] for level in range(self.topo.k)]
+
+    def connect(self, ports: Sequence[Sequence[int]] | None = None) -> None:
+        """Listen on every card, connect to higher-numbered peers, accept lower-numbered ones (one deadline).
+
+        ``ports[h][l]``: the port host ``h`` listens on with its level-``l`` card (as its ``listen`` returned);
+        by default every host's ``port``.
+        """
         deadline = time.monotonic() + self.timeout
-        listeners: dict[int, socket.socket] = {}
         try:
-            for level in range(self.topo.k):
-                listeners[level] = self._listen(level)
+            self.listen()
             for level in range(self.topo.k):
                 for peer in self.topo.group(self.host, level):
                     if peer > self.host:
-                        self._add(self._dial(level, peer, deadline), peer, level)
-            for level, listener in listeners.items():
+                        port = ports[peer][level] if ports is not None else self.port
+                        self._add(self._dial(level, peer, port, deadline), peer, level)
+            for level, listener in self._listeners.items():
                 expected = {p for p in self.topo.group(self.host, level) if p < self.host}
                 while expected:
                     sock, peer = self._accept(listener, level, expected, deadline)
@@ -148,8 +232,12 @@ class BmlPeers:
             self.close()
             raise
         finally:
-            for listener in listeners.values():
-                listener.close()
+            self._close_listeners()
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners = {}
 
     def _listen(self, level: int) -> socket.socket:
         address = self.addresses[self.host][level]
@@ -169,7 +257,7 @@ class BmlPeers:
         sock.listen(self.topo.n * self.topo.k)
         return sock
 
-    def _dial(self, level: int, peer: int, deadline: float) -> socket.socket:
+    def _dial(self, level: int, peer: int, port: int, deadline: float) -> socket.socket:
         local, remote = self.addresses[self.host][level], self.addresses[peer][level]
         while True:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -177,7 +265,7 @@ class BmlPeers:
             try:
                 sock.bind((local, 0))  # out of this card's address: the connection stays on this card
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
-                sock.connect((remote, self.port))
+                sock.connect((remote, port))
                 sock.settimeout(None)
                 sock.sendall(HELLO.pack(MAGIC, self.topo.n, self.topo.k, self.host, level, peer))
                 return sock
@@ -191,7 +279,7 @@ class BmlPeers:
                     ) from None
                 if not retry or time.monotonic() + CONNECT_RETRY_S > deadline:
                     raise BmlError(
-                        f"host {self.host}: cannot reach host {peer} at {remote}:{self.port} on the level-{level} "
+                        f"host {self.host}: cannot reach host {peer} at {remote}:{port} on the level-{level} "
                         f"card within {self.timeout:.0f} s: {exc}"
                     ) from None
             time.sleep(CONNECT_RETRY_S)  # the peer is not listening yet: try again until the deadline
@@ -235,6 +323,7 @@ class BmlPeers:
         self.links[(level, peer)] = _Link(sock, peer, level)
 
     def close(self) -> None:
+        self._close_listeners()
         for link in self.links.values():
             link.sock.close()
         self.links.clear()
@@ -273,6 +362,42 @@ class BmlPeers:
         deadline = time.monotonic() + self.timeout
         for stage in range(2 * self.topo.k):
             self._run_stage(data, [t for t in transfers if t.stage == stage], stage, deadline)
+        return data
+
+    def allreduce_float(self, data: np.ndarray, lanes: int = FLOAT_BLOCK) -> np.ndarray:
+        """Sum float32 ``data`` (1-D) over every host in place through fixed point; the same bits on every host.
+
+        The quantizer's block floating point (docs/quantization.md), with ``lanes`` elements per block: the hosts
+        agree on each block's exponent (the largest of theirs, so every host's lanes fit), quantize with it and
+        the headroom for ``n**k`` hosts, sum the int32 lanes with ``allreduce`` (which therefore never wraps) and
+        dequantize. A block that is non-finite on any host (inf, NaN, or too large) comes out NaN on every host.
+
+        Agreeing costs one small synchronization first: the maximum of the hosts' values cannot travel through a
+        sum, so every host puts its exponents and non-finite flags in its own slot of an array that is zero
+        elsewhere, and the sum of that array is every host's table (each element has one non-zero term: exact).
+        It carries 2 bytes per block per host (``hosts / (2 * lanes)`` of the gradient's bytes).
+        """
+        if data.dtype != np.float32 or data.ndim != 1 or not data.flags.c_contiguous:
+            raise BmlError(
+                f"host {self.host}: the fixed-point path syncs a contiguous 1-D float32 array; got {data.dtype} "
+                f"of shape {data.shape}"
+            )
+        if lanes < 1:
+            raise BmlError(f"host {self.host}: {lanes} lanes per block; at least 1")
+        count, hosts = data.size, self.topo.hosts
+        blocks_count = -(-count // lanes)
+        blocks = np.zeros(blocks_count * lanes, np.float32)
+        blocks[:count] = data
+        blocks = blocks.reshape(blocks_count, lanes)
+        own = q.block_exponents(blocks)
+        table = np.zeros((hosts, blocks_count), np.uint16)
+        table[self.host] = (own[0].astype(np.int16) - _EXP_LOWEST) | (own[1].astype(np.uint16) << _NONFINITE_BIT)
+        self.allreduce(table.reshape(-1))
+        shared = ((table & _EXP_MASK).astype(np.int16) + _EXP_LOWEST).max(axis=0).astype(np.int8)
+        nonfinite = (table >> _NONFINITE_BIT).any(axis=0)
+        sums = q.quantize(blocks, shared, hosts, own=own)
+        self.allreduce(sums.reshape(-1))
+        data[:] = q.dequantize(sums, shared, hosts, nonfinite).reshape(-1)[:count]
         return data
 
     def _run_stage(self, data: np.ndarray, transfers: list[Transfer], stage: int, deadline: float) -> None:

@@ -18,6 +18,10 @@ variables (``NETAGG_CONTROLLER``, ``NETAGG_JOB``, ``NETAGG_BIND``, ``NETAGG_LANE
 ``NETAGG_DEADLINE``, ``NETAGG_JOIN_TIMEOUT``, ``NETAGG_IDLE_RELEASE``). Without ``NETAGG_JOB`` the group's rank 0
 makes a unique job name and shares it through the rendezvous store.
 
+``NETAGG_ALGORITHM=bml`` (with ``NETAGG_BML_PLAN``, a BCube's address plan) sums those all_reduces with BML between
+the ranks' network cards instead of through the switch: integer sums, bit-exact and the same on every rank
+(``_BmlPath``); the other calls go to gloo as above.
+
 Mismatched calls never sum silently: the group counts every collective it is asked for (gloo-served ones too), and
 each switch all-reduce carries (that count, numel, dtype) as its descriptor, so ranks that call different
 collectives, or the same one with different tensors, fail it on every rank. The first such failure is explained
@@ -42,10 +46,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from netagg.controller.client import ControllerClient
+from netagg.host_agent.bml_transport import BmlError, BmlPeers, BmlPlan
 from netagg.host_agent.client import DEFAULT_DEADLINE, DEFAULT_LANES, AllReduceClient
 from netagg.host_agent.collective import Collective, dtype_name
 from netagg.host_agent.divergence import diverged_record, explain, local_record
@@ -65,6 +71,11 @@ DEVICES = ("cpu", "cuda")
 #: dtypes whose SUM/AVG all_reduce goes through the switch.
 SWITCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int32)
 _SWITCH_OPS = (dist.ReduceOp.SUM, dist.ReduceOp.AVG)
+
+#: How a group sums the all_reduces above: through the switch (the default), or BML between the ranks' cards.
+ALGORITHMS = ("switch", "bml")
+#: Store prefix (within the group's store) where each rank publishes the ports its cards listen on (BML).
+_BML_PREFIX = "netagg/bml"
 
 #: Seconds a rank whose all-reduce failed waits for the other ranks' reports before naming what it has.
 FAILURE_REPORT_WAIT = 5.0
@@ -130,6 +141,10 @@ class NetaggOptions:
     # seconds the controller keeps the job of a rank whose heartbeats stopped (a process that died without
     # leaving); at most the controller's configured lease (NETAGG_LEASE, default 5)
     lease: float | None = None
+    # how SUM/AVG all_reduces of the dtypes above are summed: "switch", or "bml" over a BCube (NETAGG_ALGORITHM,
+    # default switch)
+    algorithm: str | None = None
+    bml_plan: str | None = None  # the BCube's address plan, a JSON file, for "bml" (NETAGG_BML_PLAN)
     extra: dict[str, Any] = field(default_factory=dict)  # further AllReduceClient options (rto, loss, ...)
 
     def resolved(self) -> NetaggOptions:
@@ -142,6 +157,12 @@ class NetaggOptions:
             except ValueError:
                 raise ValueError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
 
+        algorithm = self.algorithm or _env("NETAGG_ALGORITHM") or ALGORITHMS[0]
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm {algorithm!r} (NETAGG_ALGORITHM) is not one of the netagg backend's: "
+                f"{', '.join(ALGORITHMS)}"
+            )
         return NetaggOptions(
             controller=self.controller or _env("NETAGG_CONTROLLER", "127.0.0.1:9590"),
             job=self.job or _env("NETAGG_JOB"),
@@ -152,6 +173,8 @@ class NetaggOptions:
             join_timeout=number(self.join_timeout, "NETAGG_JOIN_TIMEOUT", "120", float),
             idle_release=number(self.idle_release, "NETAGG_IDLE_RELEASE", str(DEFAULT_IDLE_RELEASE), float),
             lease=number(self.lease, "NETAGG_LEASE", str(DEFAULT_LEASE), float),
+            algorithm=algorithm,
+            bml_plan=self.bml_plan or _env("NETAGG_BML_PLAN"),
             extra=dict(self.extra),
         )
 
@@ -228,6 +251,111 @@ class _SwitchWork(dist._Work):
         return self._result
 
 
+class _BmlPath:
+    """all_reduce through BML on a BCube (``algorithm="bml"``): rank r is host r of the plan; no switch, no controller.
+
+    int32 is summed as it is (exact, wrapping as gloo's sum does); float32 through fixed point
+    (``BmlPeers.allreduce_float``: bit-exact, the same bits on every rank), float16 and bfloat16 through float32
+    staging. The ranks connect at the group's first such all_reduce: each listens on its cards at free ports and
+    publishes them through the group's store (a rank that cannot publishes why, so the others fail at once). One
+    thread runs the synchronizations in call order; after one fails the group is unusable (a connection may hold
+    half a piece), as the switch path's is.
+    """
+
+    def __init__(self, options: NetaggOptions, store: dist.Store, rank: int, size: int) -> None:
+        path = options.bml_plan
+        if not path:
+            raise ValueError("NETAGG_ALGORITHM=bml needs the BCube's address plan: set NETAGG_BML_PLAN (a JSON file)")
+        plan = BmlPlan.load(path)
+        cube = plan.cube
+        if cube.hosts != size:
+            raise ValueError(
+                f"the BML plan {path!r} is BCube(n={cube.n}, k={cube.k}) with {cube.hosts} hosts; the group has "
+                f"{size} ranks (rank r is host r: they must be equal)"
+            )
+        self._label = f"netagg (bml) rank {rank}"
+        self._rank, self._size = rank, size
+        self._lanes = int(options.lanes or DEFAULT_LANES)
+        self._deadline = options.deadline or DEFAULT_DEADLINE
+        self._connect_timeout = float(options.join_timeout or 120.0)
+        self._peers = BmlPeers(cube, rank, plan.addresses, port=0, timeout=self._deadline)
+        self._ports = dist.PrefixStore(_BML_PREFIX, store)
+        self._connected = False
+        self._broken: str | None = None
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netagg-bml-{rank}")
+
+    def allreduce(self, tensor: torch.Tensor, op: Any, callbacks: ThreadPoolExecutor) -> _SwitchWork:
+        self._check_usable()
+        target = tensor.detach()  # a leaf that requires grad is summed in place, as gloo does
+        # Our own host buffer (never the caller's storage): int32 as it is, every float dtype as float32.
+        staged = torch.empty(target.numel(), dtype=torch.int32 if target.dtype == torch.int32 else torch.float32)
+        staged.copy_(target.reshape(-1))
+        try:
+            source = self._runner.submit(self._run, staged, target, op)
+        except RuntimeError:  # the executor is shut down
+            raise dist.DistBackendError(f"{self._label}: the process group was destroyed") from None
+        return _SwitchWork(
+            source, [tensor], self._deadline, self._label, callbacks, lambda error: _as_dist_error(error, self._label)
+        )
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise dist.DistBackendError(
+                f"{self._label}: the group is unusable since an earlier all_reduce failed: {self._broken}. Destroy "
+                "it and create it again."
+            )
+
+    def _run(self, staged: torch.Tensor, target: torch.Tensor, op: Any) -> torch.Tensor:
+        self._check_usable()  # one queued behind the failed one
+        data = staged.numpy()
+        try:
+            if not self._connected:
+                self._connect()
+            if data.dtype == np.int32:
+                self._peers.allreduce(data)
+            else:
+                self._peers.allreduce_float(data, self._lanes)
+        except BmlError as exc:
+            self._broken = str(exc)
+            raise dist.DistBackendError(f"{self._label}: {exc}") from None
+        target.copy_(staged.view(target.shape))
+        if op == dist.ReduceOp.AVG and target.is_floating_point():
+            target.div_(self._size)
+        elif op == dist.ReduceOp.AVG:
+            target.floor_divide_(self._size)
+        return target
+
+    def _connect(self) -> None:
+        """Listen on every card, learn every rank's ports through the store, connect (bounded by join_timeout)."""
+        own = str(self._rank)
+        try:
+            ports = self._peers.listen()
+        except BmlError as exc:
+            self._ports.set(own, json.dumps({"error": str(exc)}))  # the others fail with this, not at a timeout
+            raise
+        self._ports.set(own, json.dumps({"ports": ports}))
+        keys = [str(r) for r in range(self._size)]
+        try:
+            self._ports.wait(keys, timedelta(seconds=self._connect_timeout))
+        except (dist.DistError, RuntimeError):
+            missing = [r for r in range(self._size) if not self._ports.check([str(r)])]
+            raise BmlError(
+                f"host {self._rank}: ranks {missing} did not listen on their cards within "
+                f"{self._connect_timeout:g} s"
+            ) from None
+        published = [json.loads(self._ports.get(key)) for key in keys]
+        failed = [f"rank {r} cannot listen on its cards: {p['error']}" for r, p in enumerate(published) if "error" in p]
+        if failed:
+            raise BmlError("; ".join(failed))
+        self._peers.connect([p["ports"] for p in published])
+        self._connected = True
+
+    def close(self) -> None:
+        """Wait for the synchronization in flight (bounded by its deadline), then close every connection."""
+        self._runner.shutdown(wait=True, cancel_futures=True)
+        self._peers.close()
+
+
 def _as_dist_error(error: BaseException, label: str) -> BaseException:
     if isinstance(error, dist.DistError):
         return error
@@ -251,6 +379,8 @@ class NetaggProcessGroup(dist.ProcessGroup):
             raise ValueError(f"idle_release {self._options.idle_release} must be >= 0 seconds (0: never)")
         if self._options.lease is not None and self._options.lease <= 0:
             raise ValueError(f"lease {self._options.lease} must be > 0 seconds")
+        # BML's plan is checked before anything waits on the other ranks.
+        self._bml = _BmlPath(self._options, store, rank, size) if self._options.algorithm == "bml" else None
         # torch names the group after creating it (_set_group_name); until then it has none.
         self._group_name = ""
         self._group_desc = ""
@@ -344,6 +474,8 @@ class NetaggProcessGroup(dist.ProcessGroup):
         op = getattr(getattr(opts, "reduceOp", None), "op", dist.ReduceOp.SUM)
         if not self._through_switch(tensors, op):
             return self._gloo.allreduce(tensors, opts if opts is not None else dist.AllreduceOptions())
+        if self._bml is not None:
+            return self._bml.allreduce(tensors[0], op, self._callbacks)
         tensor = tensors[0]
         name = "all_reduce" if op == dist.ReduceOp.SUM else "all_reduce(avg)"
         descriptor = Collective(name, seq, tensor.numel(), dtype_name(tensor.dtype))
@@ -551,6 +683,8 @@ class NetaggProcessGroup(dist.ProcessGroup):
             client = self._release("the group was destroyed")
             self._state.notify_all()
         _close(client)
+        if self._bml is not None:
+            self._bml.close()
         self._callbacks.shutdown(wait=False)
         _LIVE.discard(self)
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netagg.host_agent.bml import BCube
-from netagg.host_agent.bml_transport import BML_PORT, BmlError, BmlPeers
+from netagg.host_agent.bml_transport import BML_PORT, BmlError, BmlPeers, BmlPlan
 
 
 def gradient(host: int, count: int, seed: int) -> np.ndarray:
@@ -52,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=BML_PORT, help=f"TCP port on every card (default {BML_PORT})")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline of setup and of each sync, seconds")
     args = parser.parse_args(argv)
-    plan = json.loads(args.plan.read_text())
-    cube = BCube(plan["n"], plan["k"])
-    addresses = [[card["address"] for card in cards] for cards in plan["cards"]]
-    interfaces = [card["interface"] for card in plan["cards"][args.host]]
+    try:
+        plan = BmlPlan.load(args.plan)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if plan.interfaces is None:
+        parser.error(f"{args.plan}: the plan names no interfaces (this runner reads their byte counters)")
+    cube, addresses, interfaces = plan.cube, plan.addresses, list(plan.interfaces[args.host])
     grad = gradient(args.host, args.size // 4, args.seed)
     try:
         started = time.monotonic()

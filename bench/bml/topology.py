@@ -13,7 +13,6 @@ every node shell ended, and with it its namespace and bridge; node creation hold
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from examples.mininet.network import Teardown, quiet_namespace, shape, teardown
 from examples.mininet.processes import ProcessSet
 from examples.mininet.signals import deferred_interrupts
 from netagg.host_agent.bml import BCube
+from netagg.host_agent.bml_transport import BmlPlan
 
 from ..network.topology import BRIDGE, PING_TIMEOUT_S, BenchNetworkError, ShapedCounters
 
@@ -80,15 +80,16 @@ class AddressPlan:
         """``[host][level]`` -> card address: what every host's BML transport is given."""
         return [[c.address for c in self.cards(h)] for h in range(self.cube.hosts)]
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "n": self.cube.n,
-                "k": self.cube.k,
-                "cards": [[{"interface": c.interface, "address": c.address} for c in self.cards(h)]
-                          for h in range(self.cube.hosts)],
-            }
+    def bml_plan(self) -> BmlPlan:
+        """The plan every host's BML transport is given (its JSON is the plan file)."""
+        return BmlPlan(
+            self.cube,
+            tuple(tuple(c.address for c in self.cards(h)) for h in range(self.cube.hosts)),
+            tuple(tuple(c.interface for c in self.cards(h)) for h in range(self.cube.hosts)),
         )
+
+    def to_json(self) -> str:
+        return self.bml_plan().to_json()
 
     def missing_cards(self, host: int, ip_addr_output: str) -> list[str]:
         """What ``host`` lacks of its cards, from ``ip -o -4 addr show`` run in its namespace (empty: nothing)."""

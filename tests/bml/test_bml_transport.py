@@ -1,6 +1,6 @@
 """BML over TCP between threads on loopback, each card a 127.x address: the exact sum on every host, the
-schedule's traffic on every card in every stage (on its own address), clear errors for a missing card or a size
-mismatch."""
+schedule's traffic on every card in every stage (on its own address), float32 through fixed point (the reference's
+bits on every host), clear errors for a missing card or a size mismatch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from fixed_point import fixed_point_reference
 
 from netagg.host_agent.bml import BCube, card_load, execute, schedule
 from netagg.host_agent.bml_transport import BmlError, BmlPeers
@@ -119,3 +120,41 @@ def test_floats_are_refused() -> None:
 
     results = on_every_host(cube, host)
     assert all(isinstance(r, BmlError) and "sums integers" in str(r) for r in results), results
+
+
+@pytest.mark.parametrize("lanes", [256, 32])
+def test_float32_sums_through_fixed_point_to_the_references_bits_on_every_host(lanes: int) -> None:
+    cube = BCube(3, 2)  # 9 hosts: 4 bits of headroom
+    count = 3_001
+    rng = np.random.default_rng(5)
+    scale = 10.0 ** rng.integers(-20, 21, size=count)  # the exponents differ from block to block and host to host
+    floats = (rng.standard_normal((cube.hosts, count)) * scale).astype(np.float32)
+    floats[4, 700] = np.nan  # that block is NaN on every host
+    plan = loopback_plan(cube)
+
+    # Free ports on every card, handed to every host as a launcher would (the torch backend: through its store).
+    listening = [BmlPeers(cube, h, plan, port=0, timeout=20) for h in range(cube.hosts)]
+    ports = [peers.listen() for peers in listening]
+
+    def connected(h: int) -> np.ndarray:
+        peers = listening[h]
+        try:
+            peers.connect(ports)
+            data = floats[h].copy()
+            peers.allreduce_float(data, lanes)
+            peers.barrier()  # nobody closes a connection a peer still reads from
+            return data
+        finally:
+            peers.close()
+
+    results = on_every_host(cube, connected)
+    fixed, exact, bound = fixed_point_reference(list(floats), lanes)
+    nan_block = slice(700 // lanes * lanes, 700 // lanes * lanes + lanes)
+    for h, result in enumerate(results):
+        assert not isinstance(result, Exception), f"host {h}: {result!r}"
+        np.testing.assert_array_equal(result.view(np.uint32), fixed.view(np.uint32))
+        assert np.isnan(result[nan_block]).all()
+        finite = ~np.isnan(result)
+        assert finite.sum() == count - lanes
+        assert np.all(np.abs(result[finite].astype(np.float64) - exact[finite]) <= bound[finite])
+
