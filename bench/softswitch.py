@@ -7,12 +7,18 @@ Goals: >= 1.5x the Python echo's aggregated packets/s, >= 0.5x the C echo's, >= 
 the ratios are computed per round (targets measured one after the other) and given as median and range.
 Needs root (namespaces, veth, AF_PACKET).
 
-Workload: the target (echo, softswitch, BMv2) runs in a namespace of its own behind 4 veth ports; this process
-is the generator on the other ends. It sends pre-built UPDATE frames for 4 workers (one per port, each its own
-IPv4 address and UDP source port) on a window of slots, round after round, and counts the RESULTs (for the echo:
-the frames coming back). A slot starts its next round only when all 4 RESULTs of the previous one arrived (closed
-loop), so the offered load is bounded by the window and loss cannot inflate the count; a round still missing
-RESULTs after a timeout has the missing workers' UPDATEs resent (counted as loss).
+Workload: the target (echo, softswitch, BMv2) runs in a namespace of its own behind 4 veth ports; a load
+generator plays 4 workers on the other ends. It sends pre-built UPDATE frames for 4 workers (one per port, each its
+own IPv4 address and UDP source port) on a window of slots, round after round, and counts the RESULTs (for the
+echo: the frames coming back). A slot starts its next round only when all 4 RESULTs of the previous one arrived
+(closed loop), so the offered load is bounded by the window and loss cannot inflate the count; a round still
+missing RESULTs after a timeout has the missing workers' UPDATEs resent (counted as loss).
+
+Two generators run that same loop: ``c`` (the default), bench/c_generator.c compiled with gcc into a temporary
+folder, moving frames in bursts with recvmmsg/sendmmsg; and ``python``, the loop in this file, one system call a
+frame. The Python one costs more per frame than the faster targets and then measures itself rather than them
+(``--generator c python`` runs both and gives the ratios for each). Either way the frames are built here, from
+netagg/wire.py; the C program receives them as a file and only writes each round's tsi into them.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ SOCKET_BUFFER_BYTES = 4 << 20
 RETRANSMIT_S = 0.5
 WARMUP_S = 0.5
 DRAIN_S = 2.0
+#: The load generators: bench/c_generator.c, and the loop of ``Generator._run_python``.
+GENERATORS = ("c", "python")
+#: Time the C generator may take beyond its warm-up, timed window and drain (start-up, exit).
+C_GENERATOR_SLACK_S = 10.0
 _FIELD_NAMES = [name for name, _ in HEADER_FIELDS]
 
 
@@ -87,10 +97,11 @@ def conformance() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
 
 @dataclass
 class Figures:
-    """One target at one lane count."""
+    """One target at one lane count, driven by one generator."""
 
     target: str
     lanes: int
+    generator: str  # "c" or "python" (GENERATORS)
     seconds: float
     results: int  # RESULT frames received in the timed window
     rounds: int  # rounds completed in the timed window
@@ -113,44 +124,112 @@ class Figures:
 
 
 class Generator:
-    """Closed-loop UPDATE generator on the test ends of the ports (one worker per port)."""
+    """Closed-loop UPDATE generator on the test ends of the ports (one worker per port).
 
-    def __init__(self, socks: dict[int, socket.socket], job: object, lanes: int, window: int) -> None:
+    It holds the frames and each slot's round (the switch remembers a slot's last round, so both generators
+    continue from where the previous run stopped); ``run`` drives them with the C program or the Python loop.
+    """
+
+    def __init__(
+        self, ifaces: dict[int, str], job: object, lanes: int, window: int, c_binary: Path | None = None
+    ) -> None:
         self.window = window
         self.lanes = lanes
         self.size = size_for_lanes(lanes)
         self.job = job
+        self.c_binary = c_binary
         workers = list(job.workers)  # type: ignore[attr-defined]
-        if sorted(w.port for w in workers) != sorted(socks):
+        if sorted(w.port for w in workers) != sorted(ifaces):
             raise ValueError("the generator needs exactly one worker per port")
-        self.ports = sorted(socks)
+        self.ports = sorted(ifaces)
+        self.ifaces = ifaces
         self.rnd = [0] * window
-        self.socks = socks
-        rng = np.random.default_rng(lanes)
-        # One frame per (port, slot, set), built once; a send only writes the round's tsi into it (the generator
-        # must cost far less per packet than any target). The UDP checksum is 0 ("none" in IPv4), so rewriting
-        # the tsi cannot make it wrong.
-        self.frames: dict[tuple[int, int, int], bytearray] = {}
-        for w in workers:
-            values = rng.integers(-1000, 1000, size=lanes, dtype=np.int32)
-            for slot in range(window):
-                for set_bit in (0, 1):
-                    frame = bytearray(_update_frame(w, job, slot, values))
-                    frame[_UDP_CHECKSUM:AGG_OFFSET] = b"\0\0"
-                    pack_header(
-                        frame,
-                        AGG_OFFSET,
-                        msg_type=MsgType.UPDATE,
-                        size=self.size,
-                        job=job.job,  # type: ignore[attr-defined]
-                        tsi=0,
-                        slot=slot,
-                        set=set_bit,
-                        exp=0,
-                        key=w.key,
-                        op=0,  # one collective: the same for every worker
-                    )
-                    self.frames[(w.port, slot, set_bit)] = frame
+        self.frames = build_frames(job, lanes, window)
+        self.socks: dict[int, socket.socket] = {}  # the Python loop's, while it runs
+
+    def write_frames(self, path: Path) -> None:
+        """The frames as the C generator reads them: all of one size, in (port, slot, set) order."""
+        with path.open("wb") as out:
+            for port in self.ports:
+                for slot in range(self.window):
+                    for set_bit in (0, 1):
+                        out.write(self.frames[(port, slot, set_bit)])
+
+    def run(self, target: str, target_pid: int, seconds: float, generator: str = "c") -> Figures:
+        """Warm up, count for ``seconds``, then stop issuing rounds and wait for what is in flight."""
+        if generator == "c":
+            return self._run_c(target, target_pid, seconds)
+        if generator == "python":
+            return self._run_python(target, target_pid, seconds)
+        raise ValueError(f"generator {generator!r}: choose from {', '.join(GENERATORS)}")
+
+    def _run_c(self, target: str, target_pid: int, seconds: float) -> Figures:
+        if self.c_binary is None:
+            raise RuntimeError("c generator: not compiled (compile_c_generator)")
+        with tempfile.TemporaryDirectory(prefix="netagg-gen-") as folder:
+            frames = Path(folder) / "frames"
+            self.write_frames(frames)
+            argv = [
+                str(self.c_binary),
+                f"--frames={frames}",
+                f"--window={self.window}",
+                f"--tsi-at={_TSI_AT}",
+                f"--job-at={_JOB_AT}",
+                f"--job={self.job.job}",  # type: ignore[attr-defined]
+                f"--seconds={seconds}",
+                f"--warmup={WARMUP_S}",
+                f"--retransmit={RETRANSMIT_S}",
+                f"--drain={DRAIN_S}",
+                "--rounds=" + ",".join(map(str, self.rnd)),
+                *(self.ifaces[port] for port in self.ports),
+            ]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                deadline = time.monotonic() + WARMUP_S + seconds + DRAIN_S + C_GENERATOR_SLACK_S
+                lines = _lines(proc, deadline)
+                _expect(next(lines, ""), "counting", proc)
+                target_start = process_cpu(target_pid)
+                _expect(next(lines, ""), "stopped", proc)
+                target_cpu = process_cpu(target_pid) - target_start
+                result = next(lines, "")
+                _expect(result, "result", proc)
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
+        if proc.returncode != 0:
+            raise RuntimeError(f"c generator exited with status {proc.returncode}")
+        counts = dict(item.split("=", 1) for item in result.split()[1:])
+        self.rnd = [int(r) for r in counts["next_rounds"].split(",")]
+        elapsed = float(counts["seconds"])
+        return Figures(
+            target=target,
+            lanes=self.lanes,
+            generator="c",
+            seconds=elapsed,
+            results=int(counts["results"]),
+            rounds=int(counts["rounds"]),
+            sent=int(counts["sent"]),
+            resent=int(counts["resent"]),
+            unanswered=int(counts["unanswered"]),
+            ignored=int(counts["ignored"]),
+            generator_cpu=float(counts["cpu"]) / elapsed,
+            target_cpu=target_cpu / elapsed,
+        )
+
+    def _run_python(self, target: str, target_pid: int, seconds: float) -> Figures:
+        with ExitStack() as stack:
+            # Sockets open only while this generator runs: open ones would queue a copy of every frame the
+            # other generator's run receives.
+            self.socks = open_port_sockets(self.ifaces, stack)
+            try:
+                return self._python_loop(target, target_pid, seconds)
+            finally:
+                self.socks = {}
 
     def _drain(self) -> int:
         """Discard what is queued (late answers of an earlier run); how many frames."""
@@ -169,8 +248,7 @@ class Generator:
         _TSI.pack_into(frame, _TSI_AT, tsi)
         self.socks[port].send(frame)
 
-    def run(self, target: str, target_pid: int, seconds: float) -> Figures:
-        """Warm up, count for ``seconds``, then stop issuing rounds and wait for what is in flight."""
+    def _python_loop(self, target: str, target_pid: int, seconds: float) -> Figures:
         window, ports = self.window, self.ports
         full = (1 << len(ports)) - 1
         bit = {port: 1 << i for i, port in enumerate(ports)}
@@ -265,26 +343,89 @@ class Generator:
         got, done, elapsed, cpu, target_cpu = measured
         unanswered = sum(m.bit_count() for m in missing)
         return Figures(
-            target,
-            self.lanes,
-            elapsed,
-            got,
-            done,
-            sent,
-            resent,
-            unanswered,
-            ignored,
-            cpu / elapsed,
-            target_cpu / elapsed,
+            target=target,
+            lanes=self.lanes,
+            generator="python",
+            seconds=elapsed,
+            results=got,
+            rounds=done,
+            sent=sent,
+            resent=resent,
+            unanswered=unanswered,
+            ignored=ignored,
+            generator_cpu=cpu / elapsed,
+            target_cpu=target_cpu / elapsed,
         )
+
+
+def build_frames(job: object, lanes: int, window: int) -> dict[tuple[int, int, int], bytearray]:
+    """One UPDATE frame per (port, slot, set) of ``job``'s workers (one per port), with tsi 0.
+
+    A send only writes the round's tsi into it (a generator must cost far less per packet than any target).
+    The UDP checksum is 0 ("none" in IPv4), so rewriting the tsi cannot make it wrong.
+    """
+    rng = np.random.default_rng(lanes)
+    size = size_for_lanes(lanes)
+    frames: dict[tuple[int, int, int], bytearray] = {}
+    for w in job.workers:  # type: ignore[attr-defined]
+        values = rng.integers(-1000, 1000, size=lanes, dtype=np.int32)
+        for slot in range(window):
+            for set_bit in (0, 1):
+                frame = bytearray(_update_frame(w, job, slot, values))
+                frame[_UDP_CHECKSUM:AGG_OFFSET] = b"\0\0"
+                pack_header(
+                    frame,
+                    AGG_OFFSET,
+                    msg_type=MsgType.UPDATE,
+                    size=size,
+                    job=job.job,  # type: ignore[attr-defined]
+                    tsi=0,
+                    slot=slot,
+                    set=set_bit,
+                    exp=0,
+                    key=w.key,
+                    op=0,  # one collective: the same for every worker
+                )
+                frames[(w.port, slot, set_bit)] = frame
+    return frames
+
+
+def _lines(proc: subprocess.Popen[bytes], deadline: float) -> Iterator[str]:
+    """``proc``'s stdout line by line; TimeoutError when a line has not come by ``deadline``."""
+    assert proc.stdout is not None
+    fd, pending = proc.stdout.fileno(), b""
+    while True:
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line.decode()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("c generator: no output line in time")
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            pending += chunk
+
+
+def _expect(line: str, word: str, proc: subprocess.Popen[bytes]) -> None:
+    """RuntimeError with the program's complaint unless ``line`` starts with ``word``."""
+    if line.split(" ", 1)[0] != word:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        raise RuntimeError(f"c generator: expected {word!r}, got {line!r}: {err or 'no message'}")
 
 
 def open_port_sockets(ifaces: dict[int, str], stack: ExitStack) -> dict[int, socket.socket]:
     """One non-blocking AF_PACKET socket per port on its test-side interface (closed by ``stack``)."""
     socks: dict[int, socket.socket] = {}
     for port, iface in sorted(ifaces.items()):
-        # ETH_P_IP, not ETH_P_ALL: the kernel hands our own transmissions only to ETH_P_ALL taps.
-        sock = stack.enter_context(socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP)))
+        # ETH_P_IP, not ETH_P_ALL: the kernel hands our own transmissions only to ETH_P_ALL taps. Protocol 0
+        # until bound: the socket receives nothing from other interfaces (loopback traffic included) in between.
+        sock = stack.enter_context(socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
         sock.bind((iface, ETH_P_IP))
@@ -315,18 +456,28 @@ def _echo_target(namespace: str, netns_util: ModuleType, argv: list[str]) -> Ite
         proc.stop()
 
 
-def compile_c_echo(workdir: Path) -> Path:
-    """bench/c_echo.c compiled into ``workdir``; RuntimeError naming the compiler's complaint."""
+def compile_c(name: str, workdir: Path) -> Path:
+    """bench/``name``.c compiled into ``workdir``; RuntimeError naming the compiler's complaint."""
     gcc = shutil.which("gcc")
     if gcc is None:
-        raise RuntimeError("c-echo: gcc not found (Debian package gcc)")
-    binary = workdir / "c_echo"
+        raise RuntimeError(f"{name}: gcc not found (Debian package gcc)")
+    binary = workdir / name
     done = subprocess.run(
-        [gcc, "-O2", "-o", str(binary), str(REPO / "bench" / "c_echo.c")], capture_output=True, text=True, timeout=120
+        [gcc, "-O2", "-o", str(binary), str(REPO / "bench" / f"{name}.c")], capture_output=True, text=True, timeout=120
     )
     if done.returncode != 0:
-        raise RuntimeError(f"c-echo: gcc failed: {done.stderr.strip()}")
+        raise RuntimeError(f"{name}: gcc failed: {done.stderr.strip()}")
     return binary
+
+
+def compile_c_echo(workdir: Path) -> Path:
+    """bench/c_echo.c compiled into ``workdir``."""
+    return compile_c("c_echo", workdir)
+
+
+def compile_c_generator(workdir: Path) -> Path:
+    """bench/c_generator.c compiled into ``workdir``."""
+    return compile_c("c_generator", workdir)
 
 
 def machine() -> str:
@@ -382,12 +533,17 @@ def _start_target(
 
 
 def measure(
-    lane_counts: list[int], window: int, seconds: float, repeat: int, with_bmv2: bool
-) -> dict[tuple[str, int], list[Figures]]:
-    """``repeat`` runs of every target at every lane count, in round order.
+    lane_counts: list[int],
+    window: int,
+    seconds: float,
+    repeat: int,
+    with_bmv2: bool,
+    generators: tuple[str, ...] = ("c",),
+) -> dict[tuple[str, int, str], list[Figures]]:
+    """``repeat`` runs of every target at every lane count with every generator, in round order.
 
     Every target runs at once, each in a namespace of its own (an idle target blocks in the kernel), and the
-    generator visits them in turn, ``repeat`` times: a load spike from elsewhere on the machine then hits one
+    generators visit them in turn, ``repeat`` times: a load spike from elsewhere on the machine then hits one
     short run, not one target's whole measurement.
     """
     mods = conformance()
@@ -395,11 +551,12 @@ def measure(
     names = TARGETS + (["bmv2"] if with_bmv2 else [])
     tags = {"echo": "be", "c-echo": "bc", "softswitch": "bs", "softswitch-python": "bp", "bmv2": "bb"}
     port_numbers = list(range(1, NUM_WORKERS + 1))
-    runs: dict[tuple[str, int], list[Figures]] = {}
+    runs: dict[tuple[str, int, str], list[Figures]] = {}
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="netagg-bench-"))
         stack.callback(shutil.rmtree, workdir, True)
-        generators: dict[tuple[str, int], Generator] = {}
+        c_binary = compile_c_generator(workdir) if "c" in generators else None
+        loads: dict[tuple[str, int], Generator] = {}
         pids: dict[str, int] = {}
         for name in names:
             topology = netns_util.Topology(tag=tags[name], ports=NUM_WORKERS)
@@ -409,9 +566,7 @@ def measure(
             target_dir.mkdir()
             pid, session = _start_target(name, topology, target_dir, stack, mods)
             pids[name] = pid
-            # One socket set per topology, shared by its generators (a second set would queue a copy of every
-            # frame while the other generator runs).
-            socks = open_port_sockets(dict(zip(port_numbers, topology.test_ifaces, strict=True)), stack)
+            ifaces = dict(zip(port_numbers, topology.test_ifaces, strict=True))
             for i, lanes in enumerate(lane_counts):
                 job = program.Job(
                     job=i + 1,
@@ -423,17 +578,18 @@ def measure(
                 )
                 if session is not None:
                     session.insert(program.worker_entries(job) + program.result_entries(job) + [program.job_group(job)])
-                generators[(name, lanes)] = Generator(socks, job, lanes, window)
+                loads[(name, lanes)] = Generator(ifaces, job, lanes, window, c_binary)
         for r in range(repeat):
-            for (name, lanes), gen in generators.items():
-                figures = gen.run(name, pids[name], seconds)
-                print(
-                    f"  run {r + 1}/{repeat}: {name} {lanes} lanes: {figures.pps:,.0f} RESULTs/s, "
-                    f"loss {figures.loss:.2%}, CPU: generator {figures.generator_cpu:.2f}, "
-                    f"{name} {figures.target_cpu:.2f}",
-                    flush=True,
-                )
-                runs.setdefault((name, lanes), []).append(figures)
+            for (name, lanes), gen in loads.items():
+                for kind in generators:
+                    figures = gen.run(name, pids[name], seconds, kind)
+                    print(
+                        f"  run {r + 1}/{repeat}: {name} {lanes} lanes, {kind} generator: {figures.pps:,.0f} "
+                        f"RESULTs/s, loss {figures.loss:.2%}, CPU: generator {figures.generator_cpu:.2f}, "
+                        f"{name} {figures.target_cpu:.2f}",
+                        flush=True,
+                    )
+                    runs.setdefault((name, lanes, kind), []).append(figures)
     return runs
 
 
@@ -452,9 +608,13 @@ def run(
     seconds: float = 3.0,
     repeat: int = 3,
     bmv2: str = "auto",
+    generators: tuple[str, ...] = ("c",),
 ) -> list[Figures] | None:
     """Measure and print; None (after printing why) when it cannot run here."""
     lane_counts = lane_counts or [64, 256]
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown or not generators:
+        raise ValueError(f"generators {list(generators)}: choose one or more of {', '.join(GENERATORS)}")
     if os.geteuid() != 0:
         print("== softswitch packets/s\n  skipped: needs root (network namespaces, veth pairs, AF_PACKET)")
         return None
@@ -468,18 +628,19 @@ def run(
         raise SystemExit(f"bmv2: {bmv2_reason}")
     with_bmv2 = bmv2 != "no" and bmv2_reason is None
     print(
-        f"measuring ({NUM_WORKERS} workers, window {window} slots, {repeat} rounds of {seconds:g} s per target)",
+        f"measuring ({NUM_WORKERS} workers, window {window} slots, {repeat} rounds of {seconds:g} s per target, "
+        f"generator {' and '.join(generators)})",
         flush=True,
     )
     load_before = os.getloadavg()
-    runs = measure(lane_counts, window, seconds, repeat, with_bmv2)
+    runs = measure(lane_counts, window, seconds, repeat, with_bmv2, generators)
     figures = [max(fs, key=lambda f: f.pps) for fs in runs.values()]
     rows: list[tuple[str, str]] = []
-    for (name, lanes), fs in runs.items():
+    for (name, lanes, kind), fs in runs.items():
         best = max(fs, key=lambda f: f.pps)
         rows.append(
             (
-                f"{name}, {lanes} lanes",
+                f"{name}, {lanes} lanes, {kind} generator",
                 (
                     f"{spread([f.pps for f in fs], 0)} RESULTs/s over {len(fs)} runs; best: "
                     f"{best.pps * LANE_BYTES * best.lanes / 1e6:.1f} MB/s of lanes, loss {best.loss:.2%}, "
@@ -489,25 +650,35 @@ def run(
             )
         )
 
-    def ratios(a: str, b: str, lanes: int) -> list[float]:
+    def ratios(a: str, b: str, lanes: int, kind: str, kind_b: str | None = None) -> list[float]:
         """``a`` / ``b`` per round (each pair measured one after the other)."""
-        return [x.pps / y.pps for x, y in zip(runs[(a, lanes)], runs[(b, lanes)], strict=True)]
+        pairs = zip(runs[(a, lanes, kind)], runs[(b, lanes, kind_b or kind)], strict=True)
+        return [x.pps / y.pps for x, y in pairs]
 
-    for lanes in lane_counts:
-        rows.append(
-            (f"softswitch / echo, {lanes} lanes", f"{spread(ratios('softswitch', 'echo', lanes))}  (goal >= 1.5)")
-        )
-        rows.append(
-            (f"softswitch / C echo, {lanes} lanes", f"{spread(ratios('softswitch', 'c-echo', lanes))}  (goal >= 0.5)")
-        )
-        rows.append(
-            (f"softswitch native / python, {lanes} lanes", spread(ratios("softswitch", "softswitch-python", lanes)))
-        )
-        rows.append((f"Python echo / C echo, {lanes} lanes", spread(ratios("echo", "c-echo", lanes))))
-        if ("bmv2", lanes) in runs:
+    for kind in generators:
+        for lanes in lane_counts:
+            at = f"{lanes} lanes, {kind} generator"
             rows.append(
-                (f"softswitch / BMv2, {lanes} lanes", f"{spread(ratios('softswitch', 'bmv2', lanes))}  (goal >= 4)")
+                (f"softswitch / echo, {at}", f"{spread(ratios('softswitch', 'echo', lanes, kind))}  (goal >= 1.5)")
             )
+            rows.append(
+                (f"softswitch / C echo, {at}", f"{spread(ratios('softswitch', 'c-echo', lanes, kind))}  (goal >= 0.5)")
+            )
+            rows.append(
+                (f"softswitch native / python, {at}", spread(ratios("softswitch", "softswitch-python", lanes, kind)))
+            )
+            rows.append((f"Python echo / C echo, {at}", spread(ratios("echo", "c-echo", lanes, kind))))
+            if ("bmv2", lanes, kind) in runs:
+                rows.append(
+                    (f"softswitch / BMv2, {at}", f"{spread(ratios('softswitch', 'bmv2', lanes, kind))}  (goal >= 4)")
+                )
+    if len(generators) > 1:
+        # How much a target's figure owes to the generator: near 1, the target is the limit.
+        for name, lanes, kind in runs:
+            if kind == "c":
+                rows.append(
+                    (f"{name}, {lanes} lanes: c / python generator", spread(ratios(name, name, lanes, "c", "python")))
+                )
     if not with_bmv2:
         rows.append(("BMv2", f"not measured: {bmv2_reason or 'disabled (--bmv2 no)'}"))
     rows.append(("machine", machine()))
@@ -530,8 +701,16 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="measure simple_switch_grpc: when on PATH (auto), always, never",
     )
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        nargs="+",
+        default=["c"],
+        help="load generator(s): c (bench/c_generator.c, the default) and/or python (this file's loop); "
+        "with both, every target is measured with each and the ratios are given for each",
+    )
     args = parser.parse_args(argv)
-    run(args.lanes, args.window, args.seconds, args.repeat, args.bmv2)
+    run(args.lanes, args.window, args.seconds, args.repeat, args.bmv2, tuple(dict.fromkeys(args.generator)))
 
 
 if __name__ == "__main__":
