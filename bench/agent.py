@@ -1,7 +1,8 @@
 """Host agent speed on loopback (no root), as ratios measured side by side in the same run.
 
 (a) the agent's data path: one agent (world size 1) all-reducing float32 through ``udp_loops reflect``, a C
-    process that answers every UPDATE with its RESULT (for one worker the switch's answer is the UPDATE itself),
+    process that answers every UPDATE with its RESULT (for one worker the switch's answer is the UPDATE itself;
+    like the software switch's UDP mode it sends a batch's replies to one sender as UDP GSO messages),
     against two loops that send the same datagrams with the same window in flight to the same reflector: the bare
     per-datagram Python UDP loop (goal: agent >= 2x) and a C sendmmsg/recvmmsg loop, the machine's limit
     (goal: agent >= 0.5x). Repeated, in turn, with the spread and the load average.

@@ -3,7 +3,9 @@
  *   udp_loops reflect             bind 127.0.0.1 on a free port, print "ready 127.0.0.1:PORT", then send every
  *                                 datagram back to its sender (recvmmsg/sendmmsg). An aggregation UPDATE goes back
  *                                 as a RESULT (msg_type bit set): for a job of one worker that is exactly the
- *                                 switch's answer (the sum of one contribution, its exponent, its key and op).
+ *                                 switch's answer (the sum of one contribution, its exponent, its key and op). It
+ *                                 answers as the software switch's UDP mode does: a received batch's consecutive
+ *                                 replies to one sender, of one size, go out as one UDP GSO message.
  *   udp_loops loop HOST:PORT N SIZE WINDOW
  *                                 send N datagrams of SIZE bytes with WINDOW in flight, receiving every reply,
  *                                 with sendmmsg/recvmmsg; print "PACKETS SECONDS".
@@ -15,6 +17,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +26,12 @@
 #include <unistd.h>
 
 #define BATCH 64
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
 #define MAX_DGRAM 2048
 #define AGG_VERSION_UPDATE 0x80 /* version 2, msg_type UPDATE in the top four bits of header byte 0 */
 
@@ -70,8 +79,39 @@ static int reflect(void)
             if (msgs[i].msg_len > 0 && (data[i][0] & 0xF0) == AGG_VERSION_UPDATE)
                 data[i][0] |= 0x10; /* UPDATE -> RESULT */
         }
-        for (int sent = 0; sent < got;) {
-            int n = sendmmsg(fd, msgs + sent, (unsigned)(got - sent), 0);
+        /* As the software switch's UDP mode answers: consecutive replies to one peer of one size go as one UDP GSO
+         * message (the receiver's GRO takes them as one run; recvmmsg still gets them datagram by datagram). */
+        struct mmsghdr out[BATCH];
+        union {
+            char buf[CMSG_SPACE(sizeof(uint16_t))];
+            struct cmsghdr align;
+        } control[BATCH];
+        int messages = 0;
+        for (int i = 0; i < got;) {
+            int j = i + 1;
+            /* a GSO message carries at most 65,507 bytes of UDP payload */
+            const int most = msgs[i].msg_len ? (int)(65507 / msgs[i].msg_len) : 1;
+            while (j < got && j - i < most && msgs[j].msg_len == msgs[i].msg_len &&
+                   peers[j].sin_port == peers[i].sin_port && peers[j].sin_addr.s_addr == peers[i].sin_addr.s_addr)
+                j++;
+            struct msghdr *h = &out[messages].msg_hdr;
+            *h = (struct msghdr){.msg_name = &peers[i], .msg_namelen = sizeof peers[i], .msg_iov = &iovs[i],
+                                 .msg_iovlen = (size_t)(j - i)};
+            if (j - i > 1) {
+                h->msg_control = control[messages].buf;
+                h->msg_controllen = sizeof control[messages].buf;
+                struct cmsghdr *c = CMSG_FIRSTHDR(h);
+                c->cmsg_level = SOL_UDP;
+                c->cmsg_type = UDP_SEGMENT;
+                c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t size = (uint16_t)msgs[i].msg_len;
+                memcpy(CMSG_DATA(c), &size, sizeof size);
+            }
+            messages++;
+            i = j;
+        }
+        for (int sent = 0; sent < messages;) {
+            int n = sendmmsg(fd, out + sent, (unsigned)(messages - sent), 0);
             if (n < 0) {
                 if (errno == EINTR)
                     continue;
