@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def per_call(fn: Callable[[], object], min_time: float) -> float:
@@ -29,3 +30,14 @@ def report(name: str, rows: list[tuple[str, str]]) -> None:
     print(f"== {name}")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none), for the reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""

@@ -44,7 +44,7 @@ from types import ModuleType
 
 import numpy as np
 
-from bench.common import report
+from bench.common import cpu_model, report
 from bench.procs import REPO, ReadyProcess
 from netagg import artifacts
 from netagg.constants import DATAPATH_ENV, LANE_BYTES, MsgType
@@ -482,14 +482,7 @@ def compile_c_generator(workdir: Path) -> Path:
 
 def machine() -> str:
     """CPU model, cores and kernel, for the report."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model() or "unknown CPU"
     return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 

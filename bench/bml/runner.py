@@ -18,7 +18,7 @@ from netagg.host_agent.bml import BCube
 
 from ..network.cpu import CpuSampler, load_average
 from ..network.model import gloo_bound_seconds
-from ..network.runners import START_ALLOWANCE_S, Point, Rep, RunError, Say, _last_json, _wait_all
+from ..network.runners import START_ALLOWANCE_S, Point, RunError, Say, last_json, timed_reps, wait_all
 from .rank import gradient
 from .topology import BCubeNetwork
 
@@ -69,18 +69,14 @@ def run_bml(net: BCubeNetwork, size: int, repeat: int, serial: int, say: Say, se
                 cpu.watch("hosts", proc.pid)
             # Allow ten times the link-bound time, as for the ring.
             budget = START_ALLOWANCE_S + 10 * (repeat + 1) * bml_bound_seconds(size, net.rate_mbit, cube)
-            _wait_all(procs, budget, f"BML on BCube({cube.n},{cube.k}), {size} bytes")
-            reports = [_last_json(p) for p in procs]
+            wait_all(procs, budget, f"BML on BCube({cube.n},{cube.k}), {size} bytes")
+            reports = [last_json(p) for p in procs]
             expected = expected_digest(cube.hosts, size // 4, seed)
             wrong = [r["host"] for r in reports if r["digest"] != expected]
             if wrong:
                 raise RunError(f"BML on BCube({cube.n},{cube.k}), {size} bytes: hosts {wrong} ended with a wrong sum")
             retrans_per = (net.tcp_retransmissions() - retrans) / (repeat + 1)
-            for i in range(repeat):
-                runs = [r["runs"][i] for r in reports]
-                start = min(r["start"] for r in runs)
-                end = max(r["start"] + r["seconds"] for r in runs)
-                point.reps.append(Rep(max(r["seconds"] for r in runs), retrans_per, cpu.cores(start, end)))
+            point.reps += timed_reps(reports, repeat, retrans_per, cpu)
     finally:
         for proc in procs:
             net.procs.stop(proc)

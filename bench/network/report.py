@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import cpu_model
+
 from .cpu import load_average
 from .model import (
     gloo_bound_seconds,
@@ -72,14 +74,7 @@ def load(path: Path) -> tuple[list[Point], dict[str, Any]]:
 
 def machine() -> dict[str, Any]:
     """The machine the figures come from."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False

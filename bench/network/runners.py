@@ -68,7 +68,7 @@ class Point:
 Say = Callable[[str], None]
 
 
-def _wait_all(procs: list[Managed], timeout: float, what: str) -> None:
+def wait_all(procs: list[Managed], timeout: float, what: str) -> None:
     """Wait until every process ended (deadline ``timeout``).
 
     The first failure stops the wait: the other ranks would wait for it until their own timeouts.
@@ -91,11 +91,23 @@ def _wait_all(procs: list[Managed], timeout: float, what: str) -> None:
         time.sleep(POLL_S)
 
 
-def _last_json(proc: Managed) -> dict[str, Any]:
+def last_json(proc: Managed) -> dict[str, Any]:
     lines = [line for line in proc.log_path.read_text(errors="replace").splitlines() if line.startswith("{")]
     if not lines:
         raise RunError(f"{proc.role} printed no JSON report; its log {proc.log_path}:\n{proc.log_tail(8)}")
     return json.loads(lines[-1])
+
+
+def timed_reps(reports: list[dict[str, Any]], repeat: int, retransmissions: float, cpu: CpuSampler) -> list[Rep]:
+    """One Rep per timed run of ranks that each report ``runs`` (start on time.monotonic, seconds): the slowest
+    rank's time and the CPU used from the first start to the last end."""
+    reps = []
+    for i in range(repeat):
+        runs = [r["runs"][i] for r in reports]
+        start = min(r["start"] for r in runs)
+        end = max(r["start"] + r["seconds"] for r in runs)
+        reps.append(Rep(max(r["seconds"] for r in runs), retransmissions, cpu.cores(start, end)))
+    return reps
 
 
 def _stop(bn: BenchNetwork, procs: list[Managed]) -> None:
@@ -138,14 +150,10 @@ def run_gloo(bn: BenchNetwork, size: int, repeat: int, serial: int, say: Say) ->
                 cpu.watch("hosts", proc.pid)
             # Link-bound, a ring all-reduce needs 2(n-1)/n of the tensor per host on the wire; allow ten times.
             budget = START_ALLOWANCE_S + 10 * (repeat + 1) * 2 * size * 8 / (bn.rate_mbit * 1e6)
-            _wait_all(procs, budget, f"gloo, {n} hosts, {size} bytes")
-            reports = [_last_json(p) for p in procs]
+            wait_all(procs, budget, f"gloo, {n} hosts, {size} bytes")
+            reports = [last_json(p) for p in procs]
             retrans_per = (bn.tcp_retransmissions() - retrans) / (repeat + 1)
-            for i in range(repeat):
-                runs = [r["runs"][i] for r in reports]
-                start = min(r["start"] for r in runs)
-                end = max(r["start"] + r["seconds"] for r in runs)
-                point.reps.append(Rep(max(r["seconds"] for r in runs), retrans_per, cpu.cores(start, end)))
+            point.reps += timed_reps(reports, repeat, retrans_per, cpu)
     finally:
         _stop(bn, procs)
     point.queue_drops = bn.qdisc_drops() - drops
@@ -211,8 +219,8 @@ def run_netagg(
                     procs.append(proc)
                     cpu.watch("hosts", proc.pid)
                     cpu.watch_traffic(bn.net.hosts[spec.name].pid, spec.data_intf)
-                _wait_all(procs, START_ALLOWANCE_S + 2 * deadline, f"netagg job {job}")
-                reports = [_last_json(p) for p in procs]
+                wait_all(procs, START_ALLOWANCE_S + 2 * deadline, f"netagg job {job}")
+                reports = [last_json(p) for p in procs]
                 digests = {r["digest"] for r in reports}
                 if len(digests) != 1:
                     raise RunError(f"netagg job {job}: the ranks' results differ ({len(digests)} digests)")

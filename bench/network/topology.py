@@ -25,7 +25,7 @@ from mininet.node import Host, Node
 from examples.mininet.commands import check_in, run_in
 from examples.mininet.network import DemoNetwork, Teardown
 from examples.mininet.processes import Managed, ProcessSet, listens, wait_for
-from examples.mininet.switches import TARGETS, TargetSwitch, entry_point
+from examples.mininet.switches import TARGETS, TargetSwitch, controller_argv
 from examples.mininet.topology import API_PORT, DemoTopology, controller_config, star
 
 #: Name of the Linux bridge inside the switch node's namespace (private to that namespace).
@@ -154,20 +154,7 @@ class BenchNetwork(ShapedCounters):
         self.switch.start([])
         config = self.procs.log_dir / "controller.toml"
         config.write_text(controller_config(self.topo, loss))
-        controller = self.procs.start(
-            self.switch,
-            "controller",
-            [
-                entry_point("netagg-controller"),
-                "run",
-                "--config",
-                str(config),
-                "--api-addr",
-                f"0.0.0.0:{API_PORT}",
-                "--token-file",
-                str(self.token_file),
-            ],
-        )
+        controller = self.procs.start(self.switch, "controller", controller_argv(config, self.token_file, API_PORT))
         self.controller = controller
         wait_for(
             "the controller to push the pipeline and open its job API",

@@ -23,7 +23,7 @@ from .processes import Managed, ProcessError, ProcessSet, listens, wait_for
 from .progress import HostState, JobCounters, ProgressLine
 from .reference import digest, reference_result
 from .signals import install_handlers, interrupts_ignored
-from .switches import TargetSwitch, choose_target, entry_point
+from .switches import TargetSwitch, choose_target, controller_argv, entry_point
 from .topology import API_PORT, DemoTopology, controller_config, load, star
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -160,20 +160,7 @@ class Demo:
         config = log_dir / "controller.toml"
         config.write_text(controller_config(topo, opts.loss))
         self.token_file = log_dir / "controller.token"
-        controller = net.procs.start(
-            net.switch,
-            "controller",
-            [
-                entry_point("netagg-controller"),
-                "run",
-                "--config",
-                str(config),
-                "--api-addr",
-                f"0.0.0.0:{API_PORT}",
-                "--token-file",
-                str(self.token_file),
-            ],
-        )
+        controller = net.procs.start(net.switch, "controller", controller_argv(config, self.token_file, API_PORT))
         wait_for(
             "the controller to push the pipeline and open its job API",
             lambda: listens(controller.pid, API_PORT),

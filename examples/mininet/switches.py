@@ -38,6 +38,21 @@ def entry_point(name: str) -> str:
     return found
 
 
+def controller_argv(config: Path, token_file: Path, api_port: int) -> list[str]:
+    """The controller's command line in the switch node: ``config``, the job API on every address of the node at
+    ``api_port`` (the hosts reach it over their management links), its bearer token in ``token_file``."""
+    return [
+        entry_point("netagg-controller"),
+        "run",
+        "--config",
+        str(config),
+        "--api-addr",
+        f"0.0.0.0:{api_port}",
+        "--token-file",
+        str(token_file),
+    ]
+
+
 class TargetSwitch(Switch):
     """A switch node running one target process; subclasses give the command line."""
 

@@ -88,6 +88,48 @@ class Watch(threading.Thread):
         return [f"alive: {pid}" for pid in alive] + [f"in a namespace of the run: {pid}" for pid in inside]
 
 
+def run_watched(proc: subprocess.Popen[str], timeout: float) -> tuple[str, Watch]:
+    """``proc``'s whole output, waited for at most ``timeout`` s while a Watch records its processes and
+    namespaces; ``proc`` is killed (by PID) if it is still running after that."""
+    watch = Watch(proc.pid)
+    watch.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        _stop(proc, watch)
+    return out, watch
+
+
+def interrupt_watched(proc: subprocess.Popen[str], marker: str, timeout: float) -> tuple[str, Watch]:
+    """Read ``proc``'s output until a line holds ``marker`` (looked for during ``timeout`` s), send it SIGINT and
+    collect the rest of its output, while a Watch records its processes and namespaces."""
+    watch = Watch(proc.pid)
+    watch.start()
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line or time.monotonic() > deadline:
+                break
+        assert any(marker in line for line in seen), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        seen.append(rest)
+    finally:
+        _stop(proc, watch)
+    return "".join(seen), watch
+
+
+def _stop(proc: subprocess.Popen[str], watch: Watch) -> None:
+    watch.done.set()
+    watch.join()
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 def _start(*options: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "bench.network", *SMALL, *options],
@@ -102,16 +144,7 @@ def _start(*options: str) -> subprocess.Popen[str]:
 def test_quick_run_writes_the_report_and_leaves_nothing_behind(tmp_path: Path) -> None:
     links = _root_links()
     proc = _start("--out", str(tmp_path))
-    watch = Watch(proc.pid)
-    watch.start()
-    try:
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        watch.done.set()
-        watch.join()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    out, watch = run_watched(proc, 240)
     assert proc.returncode == 0, out
     assert watch.namespaces, "no process of the run was seen in a namespace of its own"
     assert not watch.leftovers(), watch.leftovers()
@@ -135,27 +168,7 @@ def test_quick_run_writes_the_report_and_leaves_nothing_behind(tmp_path: Path) -
 def test_interrupt_during_netagg_leaves_nothing_behind(tmp_path: Path) -> None:
     links = _root_links()
     proc = _start("--out", str(tmp_path))
-    watch = Watch(proc.pid)
-    watch.start()
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        for line in proc.stdout:
-            seen.append(line)
-            if "progress: netagg (softswitch)" in line or time.monotonic() > deadline:
-                break
-        assert any("progress: netagg (softswitch)" in line for line in seen), "".join(seen)
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-        seen.append(rest)
-    finally:
-        watch.done.set()
-        watch.join()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    out = "".join(seen)
+    out, watch = interrupt_watched(proc, "progress: netagg (softswitch)", 120)
     assert proc.returncode == 130, out
     assert "interrupted: tearing down" in out and "teardown: stopped" in out and "problems" not in out, out
     assert watch.namespaces and not watch.leftovers(), (watch.leftovers(), out)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bench_network import Watch, _root_links
+from test_bench_network import _root_links, interrupt_watched, run_watched
 
 from bench.bml.rank import gradient
 from bench.bml.topology import BCubeNetwork
@@ -126,16 +125,7 @@ def _repro(out: Path) -> subprocess.Popen[str]:
 def test_the_reproduction_writes_its_note_and_leaves_nothing_behind(tmp_path: Path) -> None:
     links = _root_links()
     proc = _repro(tmp_path)
-    watch = Watch(proc.pid)
-    watch.start()
-    try:
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        watch.done.set()
-        watch.join()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    out, watch = run_watched(proc, 120)
     assert proc.returncode == 0, out
     assert watch.namespaces and not watch.leftovers(), (watch.leftovers(), out)
     assert ours(_root_links() - links) == set()
@@ -150,26 +140,7 @@ def test_the_reproduction_writes_its_note_and_leaves_nothing_behind(tmp_path: Pa
 def test_interrupt_during_bml_leaves_nothing_behind(tmp_path: Path) -> None:
     links = _root_links()
     proc = _repro(tmp_path)
-    watch = Watch(proc.pid)
-    watch.start()
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            seen.append(line)
-            if "progress: BML" in line:
-                break
-        assert any("progress: BML" in line for line in seen), "".join(seen)
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-        seen.append(rest)
-    finally:
-        watch.done.set()
-        watch.join()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    out = "".join(seen)
+    out, watch = interrupt_watched(proc, "progress: BML", 120)
     assert proc.returncode == 130, out
     assert "interrupted: tearing down" in out and "teardown: stopped" in out and "problems" not in out, out
     assert watch.namespaces and not watch.leftovers(), (watch.leftovers(), out)
