@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
+from examples.digits import Data, load
 from netagg.host_agent.compression import cser as C
 
 WORKERS = 8
@@ -50,16 +49,6 @@ METHODS: dict[str, Callable[[int], C.Method]] = {
     "CSER": lambda ratio: C.cser(ratio, PERIOD),
 }
 
-Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def load(seed: int = 0) -> Data:
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
-    )
-    return torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
 
 
 def make_model(seed: int) -> torch.nn.Module:

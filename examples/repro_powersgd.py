@@ -40,11 +40,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from examples.digits import load
 from netagg.local import LocalStack, free_port
 
 WORKERS = 4
@@ -70,15 +69,6 @@ CONFIGS = (
     Config("rank 2, no error feedback", 2, error_feedback=False),
     Config("rank 2, no warm start", 2, warm_start=False),
 )
-
-
-def load(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
-    )
-    return torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
 
 
 def make_model(seed: int) -> torch.nn.Module:
