@@ -34,7 +34,7 @@ from netagg.host_agent.native_transport import make_transport
 from netagg.host_agent.netinfo import mac_for_address
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JobApi, JoinResult
-from netagg.host_agent.staging import Staged, exact_staged, stage
+from netagg.host_agent.staging import Prescaled, Staged, exact_staged, stage
 from netagg.host_agent.timers import RtoConfig, WindowConfig
 from netagg.host_agent.transport import TransportConfig, TransportStats
 
@@ -207,7 +207,7 @@ class AllReduceClient:
         try:
             staged, target = stage(x, lanes=self.session.lanes, inplace=inplace)
             if descriptor is not None:
-                self._check_descriptor(descriptor, staged)
+                self._check_descriptor(descriptor, staged, part=isinstance(x, Prescaled) and x.part)
         except AgentInputError as exc:
             error = exc
         with self._submit_lock:
@@ -241,8 +241,8 @@ class AllReduceClient:
         return Collective(given.name, given.seq, given.count, given.dtype, staged.encoding)
 
     @staticmethod
-    def _check_descriptor(given: Collective, staged: Staged) -> None:
-        if given.count != staged.count or given.dtype != staged.dtype:
+    def _check_descriptor(given: Collective, staged: Staged, *, part: bool = False) -> None:
+        if (given.count != staged.count and not part) or given.dtype != staged.dtype:
             raise AgentInputError(
                 f"the descriptor of {given.name} #{given.seq} says {given.count} {given.dtype} elements, the tensor "
                 f"has {staged.count} {staged.dtype} elements"

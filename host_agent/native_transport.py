@@ -112,8 +112,8 @@ class NativeTransport(Transport):
         self._active[op.index] = op
         self._recent.add(op.op_id, op.index, op.descriptor)
         st = op.staged
-        self._engine.add(op.index, op.op_id, st.exact, op.abort, st.head, st.tail, st.exps, st.nonfinite,
-                         op.used_exps)  # fmt: skip
+        self._engine.add(op.index, op.op_id, st.exact, st.prescaled, op.abort, st.head, st.tail, st.exps,
+                         st.nonfinite, op.used_exps, op.result_nonfinite if st.prescaled else None)  # fmt: skip
 
     def _copy_stats(self) -> None:
         s = self.stats

@@ -46,6 +46,8 @@ class Operation:
         m = staged.num_blocks
         self.first_chunk = -1  # global data-chunk index of row 0, assigned by the transport thread
         self.used_exps = np.zeros(m, dtype=np.int8)  # shared exponent each row was quantized with
+        # Prescaled rows land as summed lanes; each row's RESULT NONFINITE flag is kept for their dequantization.
+        self.result_nonfinite = np.zeros(m if staged.prescaled else 0, dtype=bool)
         self.remaining = m
         self.future: Future[Any] = Future()
         self.submitted_at = time.monotonic()
@@ -66,8 +68,10 @@ class Operation:
         staged = self.staged
         for a, b, rows in staged.parts(r0, r0 + len(sums)):
             src = sums[a - r0 : b - r0]
-            if staged.exact:
+            if staged.exact or staged.prescaled:
                 rows[...] = src  # byte order converted by the copy
+                if staged.prescaled:
+                    self.result_nonfinite[a:b] = nonfinite[a - r0 : b - r0]
             else:
                 q.dequantize(src, self.used_exps[a:b], self.num_workers, nonfinite[a - r0 : b - r0], out=rows)
 
@@ -75,6 +79,8 @@ class Operation:
         """Hand the sums to the caller's target; returns the all-reduce's value."""
         if self.target is None:  # an abort operation: every rank gave up on it, there is no value
             return None
+        if self.staged.prescaled:
+            return self.target.deliver_lanes(self.staged.head, self.used_exps, self.result_nonfinite)
         return finished_values(self.staged, self.target)
 
     @property

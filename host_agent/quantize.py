@@ -165,6 +165,74 @@ def dequantize_reference(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Quantizing in two steps: on the tensor's own device before the shared exponent is known, exactly after.
+#
+# A block's lanes depend on its shared exponent S, which only arrives with the RESULT of the slot's previous round.
+# ``prescale`` does all the float arithmetic with the block's own exponent E <= S instead: t = x * 2**(30 - k - E)
+# (exact, as above) kept as a fixed-point int32 with two bits below the integer part, p = sign(t) * (2 *
+# floor(2|t|) + sticky), sticky = 1 when bits below 2**-1 were cut. ``requantize`` turns p into the lanes of S with
+# integers only: shift right by d = S - E, rounding half to even, which needs just the bit below the rounding point
+# (in p) and whether anything below it is non-zero (the remaining bits of p and its sticky bit). So
+# ``requantize(prescale(x, E), E, S) == quantize(x, S)`` bit for bit. |t| < 2**(30 - k) makes |p| < 2**(32 - k):
+# an int32 for k >= 1, i.e. for two workers or more (one worker needs no exponent agreement).
+
+
+def prescale_reference(
+    blocks: np.ndarray, own_exps: np.ndarray, nonfinite: np.ndarray, num_workers: int
+) -> np.ndarray:
+    """float32 blocks (m, L) -> int32 pre-lanes at their own exponents (non-finite blocks all zero)."""
+    blocks = _as_blocks(blocks)
+    check_prescalable(num_workers)
+    f1, f2 = _factors(scale_shift(np.asarray(own_exps), num_workers))
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite blocks are zeroed just below
+        t = np.multiply(blocks, f1, dtype=np.float32)
+        if f2 is not None:
+            np.multiply(t, f2, out=t)
+        doubled = np.abs(t) * np.float32(2)
+        whole = np.floor(doubled)
+        pre = whole.astype(np.int64) * 2 + (doubled != whole)
+    pre = np.where(t < 0, -pre, pre)
+    pre[np.asarray(nonfinite, dtype=bool)] = 0
+    return pre.astype(np.int32)
+
+
+def requantize_reference(
+    pre: np.ndarray, own_exps: np.ndarray, shared_exps: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """int32 pre-lanes (m, L) at their own exponents -> the int32 lanes of the shared exponents (integers only).
+
+    Blocks whose own exponent exceeds the shared one become zeros, as :func:`quantize` makes them.
+    """
+    pre = np.asarray(pre)
+    own = np.asarray(own_exps, dtype=np.int64)
+    shared = np.asarray(shared_exps, dtype=np.int64)
+    if pre.ndim != 2 or own.shape != (pre.shape[0],) or shared.shape != (pre.shape[0],):
+        raise QuantizationError(
+            f"pre-lanes {pre.shape} need one own and one shared exponent per row, got {own.shape} and {shared.shape}"
+        )
+    d = np.clip(shared - own, 0, 31)[:, None]
+    magnitude = np.abs(pre.astype(np.int64))
+    whole, sticky = magnitude >> 1, magnitude & 1
+    kept = whole >> (d + 1)
+    rest = whole & ((np.int64(1) << (d + 1)) - 1)
+    half = np.int64(1) << d
+    up = (rest > half) | ((rest == half) & ((sticky | (kept & 1)) == 1))
+    lanes = np.where(pre < 0, -(kept + up), kept + up)
+    lanes[own > shared] = 0
+    if out is None:
+        out = np.empty(pre.shape, np.int32)
+    np.copyto(out, lanes, casting="unsafe")
+    return out
+
+
+def check_prescalable(num_workers: int) -> None:
+    """Raise unless pre-lanes of ``num_workers`` fit int32 (two workers or more)."""
+    if headroom_bits(num_workers) < 1:
+        raise QuantizationError(
+            f"pre-lanes need k >= 1 bit of headroom, i.e. two workers or more (got {num_workers}): quantize directly"
+        )
+
+# ---------------------------------------------------------------------------------------------------------------
 # The float path as callers use it: one compiled pass over memory per call.
 
 

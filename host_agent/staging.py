@@ -52,6 +52,9 @@ class Staged:
     tail: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     #: ``head`` is the caller's array (an in-place float32 all-reduce that needed no copy).
     caller_memory: bool = False
+    #: ``head`` holds int32 pre-lanes made on the tensor's device (:class:`Prescaled`), requantized when sent; the
+    #: summed lanes land in it as they are and go back to the device to be dequantized there.
+    prescaled: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -92,6 +95,34 @@ class Target:
         """Write the flat sum (float32 or int32, ``count`` long) out; return what ``allreduce`` returns."""
         raise NotImplementedError
 
+    def deliver_lanes(self, sums: np.ndarray, shared_exps: np.ndarray, nonfinite: np.ndarray) -> Any:
+        """Take the summed int32 lanes of a prescaled all-reduce (rows of ``head``, with the shared exponent and
+        the RESULT's non-finite flag of each row) to be dequantized where the tensor lives."""
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class Prescaled:
+    """Blocks already quantized on their tensor's device, handed to ``allreduce_async`` instead of a tensor.
+
+    ``lanes`` holds the pre-lanes (``quantize.prescale_reference``: int32 fixed point at each block's own exponent)
+    of ``count`` float values of ``dtype``, ``exps`` and ``nonfinite`` the blocks' own exponents and flags. The
+    agent announces ``exps``, requantizes each block with integer shifts when its shared exponent arrives, lands
+    the summed lanes back in ``lanes`` and calls ``target.deliver_lanes``. int32 tensors come as their lane pairs
+    (``exact``; ``exps`` zero), as the agent's own split makes them, and their joined int32 sums go to
+    ``target.deliver`` (half the bytes of the lanes).
+    """
+
+    lanes: np.ndarray  # (m, L) int32, C-contiguous and writable
+    exps: np.ndarray  # (m,) int8
+    nonfinite: np.ndarray  # (m,) bool
+    count: int
+    dtype: str
+    target: Target
+    exact: bool = False
+    #: One piece of a larger collective: the descriptor given with it names the whole (its count is not checked).
+    part: bool = False
+
 
 class _NumpyTarget(Target):
     def deliver(self, flat: np.ndarray) -> Any:
@@ -131,7 +162,10 @@ def _is_torch(x: Any) -> bool:
 
 
 def stage(x: Any, *, lanes: int, inplace: bool) -> tuple[Staged, Target]:
-    """Copy ``x`` (numpy array or torch CPU tensor) into fresh block buffers; raises AgentInputError if unusable."""
+    """Copy ``x`` (numpy array or torch CPU tensor) into fresh block buffers, or take a :class:`Prescaled` as it
+    is; raises AgentInputError if unusable."""
+    if isinstance(x, Prescaled):
+        return _stage_prescaled(x, lanes)
     if _is_torch(x):
         return _stage_torch(x, lanes, inplace)
     if isinstance(x, np.ndarray):
@@ -178,6 +212,20 @@ def _in_place_staged(x: np.ndarray, lanes: int) -> Staged:
         tail_exps, tail_nonfinite = q.block_exponents(tail)
         exps, nonfinite = np.concatenate((exps, tail_exps)), np.concatenate((nonfinite, tail_nonfinite))
     return Staged(False, head, exps, nonfinite, flat.size, dtype_name(x.dtype), tail, caller_memory=True)
+
+
+def _stage_prescaled(x: Prescaled, lanes: int) -> tuple[Staged, Target]:
+    rows = x.lanes
+    m = -(-(2 * x.count if x.exact else x.count) // lanes)
+    if rows.dtype != np.int32 or rows.shape != (m, lanes) or not rows.flags.c_contiguous or not rows.flags.writeable:
+        raise AgentInputError(
+            f"prescaled lanes must be a writable C-contiguous int32 array of shape ({m}, {lanes}) for {x.count} "
+            f"{x.dtype} elements, got {rows.dtype} {rows.shape}"
+        )
+    if x.exps.shape != (m,) or x.nonfinite.shape != (m,):
+        raise AgentInputError(f"prescaled lanes of {m} blocks need {m} exponents and non-finite flags")
+    staged = Staged(x.exact, rows, x.exps, x.nonfinite, x.count, x.dtype, prescaled=not x.exact)
+    return staged, x.target
 
 
 def finished_values(staged: Staged, target: Target) -> Any:

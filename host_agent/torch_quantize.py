@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from netagg.host_agent.quantize import _MAG_BITS, EXP_OVERFLOW, QuantizationError, headroom_bits
+from netagg.host_agent.quantize import _MAG_BITS, EXP_OVERFLOW, QuantizationError, check_prescalable, headroom_bits
 from netagg.wire import EXP_MIN
 
 _SIGN_OFF = 0x7FFFFFFF
@@ -62,6 +62,25 @@ def quantize(
     bad = nonfinite | (own_exps.to(torch.int32) > shared_exps.to(blocks.device, torch.int32))
     tmp = torch.where(bad[:, None], torch.zeros_like(tmp), tmp)
     return tmp.to(torch.int32)
+
+
+def prescale(
+    blocks: torch.Tensor, own_exps: torch.Tensor, nonfinite: torch.Tensor, num_workers: int
+) -> torch.Tensor:
+    """float32 blocks -> int32 pre-lanes at the blocks' own exponents (``quantize.prescale_reference``): all the
+    float arithmetic of quantizing, done before the shared exponents are known; the agent finishes each block with
+    integer shifts (``requantize``) once its shared exponent arrives. Non-finite blocks are all zero."""
+    _check_blocks(blocks)
+    check_prescalable(num_workers)
+    f1, f2 = _factors(scale_shift(own_exps.to(blocks.device), num_workers))
+    t = blocks * f1
+    if f2 is not None:
+        t = t * f2
+    doubled = t.abs() * 2
+    whole = torch.floor(doubled)
+    pre = whole.to(torch.int32) * 2 + (doubled != whole).to(torch.int32)
+    pre = torch.where(t < 0, -pre, pre)
+    return torch.where(nonfinite.to(blocks.device)[:, None], torch.zeros_like(pre), pre)
 
 
 def dequantize(

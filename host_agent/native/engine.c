@@ -447,8 +447,11 @@ static bool pack(struct na_engine *e, size_t s, double now, struct na_step *r)
         struct na_ints sh = {(const unsigned char *)&shared, 1, 1};
         struct na_ints own = {(const unsigned char *)&op->d.exps[row], 1, 1};
         struct na_ints nf = {(const unsigned char *)&op->d.nonfinite[row], 1, 1};
-        na_quantize(src, (ptrdiff_t)(4 * lanes), 1, lanes, sh, e->cfg.scale_base, own, nf, payload,
-                    (ptrdiff_t)e->cfg.seg, WIRE_SWAP);
+        if (op->d.prescaled)
+            na_requantize(src, (ptrdiff_t)(4 * lanes), 1, lanes, own, sh, payload, (ptrdiff_t)e->cfg.seg, WIRE_SWAP);
+        else
+            na_quantize(src, (ptrdiff_t)(4 * lanes), 1, lanes, sh, e->cfg.scale_base, own, nf, payload,
+                        (ptrdiff_t)e->cfg.seg, WIRE_SWAP);
     }
     op->d.used_exps[row] = shared;
     op->rows_sent++;
@@ -553,8 +556,10 @@ static void land(struct na_engine *e, const struct op *op, int64_t row, const un
 {
     size_t lanes = e->cfg.lanes;
     unsigned char *dst = row_ptr(op, row);
-    if (op->d.exact) {
+    if (op->d.exact || op->d.prescaled) {
         swap_lanes(dst, lanes_in, lanes);
+        if (op->d.prescaled)
+            op->d.result_nonfinite[row] = nonfinite;
         return;
     }
     uint8_t flag = nonfinite;

@@ -37,17 +37,21 @@ struct na_engine_config {
     double deadline;             /* seconds an operation may go without progress */
 };
 
-/* One queued all-reduce: `blocks` rows of `lanes` 4-byte values, rows < head_rows at head, the rest at tail. */
+/* One queued all-reduce: `blocks` rows of `lanes` 4-byte values, rows < head_rows at head, the rest at tail.
+ * Rows are float32 (quantized when sent, sums dequantized into them), int32 lane pairs (`exact`: sent and summed as
+ * they are), or pre-lanes (`prescaled`: requantized to the shared exponent when sent; the summed lanes land as they
+ * are and `result_nonfinite` records each row's NONFINITE flag). */
 struct na_op_desc {
     int64_t index; /* the caller's name for it */
     uint32_t op_id;
-    bool exact, abort;
+    bool exact, prescaled, abort;
     int64_t blocks, head_rows;
     unsigned char *head, *tail;
     ptrdiff_t head_stride, tail_stride;
     const int8_t *exps;
     const uint8_t *nonfinite;
     int8_t *used_exps;
+    uint8_t *result_nonfinite; /* prescaled only */
 };
 
 enum na_event {

@@ -13,7 +13,7 @@
 #include "engine.h"
 #include "engine_py.h"
 
-enum { OP_VIEWS = 5 };
+enum { OP_VIEWS = 6 };
 
 struct held {
     int64_t index;
@@ -151,20 +151,26 @@ static bool get_vector(struct held *h, PyObject *obj, bool writable, int64_t cou
     return true;
 }
 
-PyDoc_STRVAR(add_doc, "add(index, op_id, exact, abort, head, tail, exps, nonfinite, used_exps)\n--\n\n"
-                      "Queue an operation: its rows are `head` then `tail` (2-D, rows of `lanes` float32, or int32\n"
-                      "lane pairs when exact), with per-row int8 `exps`, bool `nonfinite` and writable int8\n"
-                      "`used_exps`. The engine holds the buffers until the operation completes.");
+PyDoc_STRVAR(add_doc, "add(index, op_id, exact, prescaled, abort, head, tail, exps, nonfinite, used_exps,\n"
+                      "    result_nonfinite)\n--\n\n"
+                      "Queue an operation: its rows are `head` then `tail` (2-D, rows of `lanes` float32, int32\n"
+                      "lane pairs when exact, int32 pre-lanes when prescaled), with per-row int8 `exps`, bool\n"
+                      "`nonfinite`, writable int8 `used_exps` and, when prescaled, writable bool\n"
+                      "`result_nonfinite` (else None). The engine holds the buffers until the operation completes.");
 
 static PyObject *Engine_add(EngineObject *self, PyObject *args)
 {
     long long index;
     unsigned long op_id;
-    int exact, abort_;
-    PyObject *head, *tail, *exps, *nonfinite, *used;
-    if (!PyArg_ParseTuple(args, "LkppOOOOO", &index, &op_id, &exact, &abort_, &head, &tail, &exps, &nonfinite,
-                          &used))
+    int exact, prescaled, abort_;
+    PyObject *head, *tail, *exps, *nonfinite, *used, *result_nf;
+    if (!PyArg_ParseTuple(args, "LkpppOOOOOO", &index, &op_id, &exact, &prescaled, &abort_, &head, &tail, &exps,
+                          &nonfinite, &used, &result_nf))
         return NULL;
+    if (prescaled && (exact || result_nf == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "Engine.add: prescaled rows are not exact and need result_nonfinite");
+        return NULL;
+    }
     if (self->nheld == self->cap) {
         size_t cap = self->cap ? 2 * self->cap : 16;
         struct held *more = PyMem_Realloc(self->held, cap * sizeof *more);
@@ -181,6 +187,7 @@ static PyObject *Engine_add(EngineObject *self, PyObject *args)
     d.index = index;
     d.op_id = (uint32_t)op_id;
     d.exact = exact;
+    d.prescaled = prescaled;
     d.abort = abort_;
     int64_t tail_rows;
     void *e = NULL, *n = NULL, *u = NULL;
@@ -191,6 +198,12 @@ static PyObject *Engine_add(EngineObject *self, PyObject *args)
     if (!get_vector(h, exps, false, d.blocks, "exps", &e) || !get_vector(h, nonfinite, false, d.blocks, "nonfinite", &n) ||
         !get_vector(h, used, true, d.blocks, "used_exps", &u))
         goto fail;
+    if (prescaled) {
+        void *rn = NULL;
+        if (!get_vector(h, result_nf, true, d.blocks, "result_nonfinite", &rn))
+            goto fail;
+        d.result_nonfinite = rn;
+    }
     d.exps = e;
     d.nonfinite = n;
     d.used_exps = u;

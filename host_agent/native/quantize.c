@@ -477,3 +477,34 @@ void na_dequantize(const unsigned char *src, ptrdiff_t src_stride, bool src_swap
     if (stream)
         atomic_thread_fence(memory_order_seq_cst); /* streamed stores are weakly ordered */
 }
+
+void na_requantize(const unsigned char *src, ptrdiff_t src_stride, size_t rows, size_t lanes, struct na_ints own,
+                   struct na_ints shared, unsigned char *dst, ptrdiff_t dst_stride, bool dst_swap)
+{
+    for (size_t i = 0; i < rows; i++) {
+        const unsigned char *s = src + (ptrdiff_t)i * src_stride;
+        unsigned char *d = dst + (ptrdiff_t)i * dst_stride;
+        int64_t own_e = int_at(own, i), shared_e = int_at(shared, i);
+        if (own_e > shared_e) {
+            memset(d, 0, 4 * lanes);
+            continue;
+        }
+        /* |pre| < 2**31, so whole = |pre| >> 1 < 2**30: a shift by d + 1 >= 31 leaves nothing and no half */
+        unsigned shift = shared_e - own_e > 30 ? 31 : (unsigned)(shared_e - own_e);
+        uint32_t half = shift < 31 ? (uint32_t)1 << shift : 0;
+        uint32_t below = shift < 31 ? ((uint32_t)2 << shift) - 1 : UINT32_MAX;
+        for (size_t j = 0; j < lanes; j++) {
+            int32_t pre;
+            memcpy(&pre, s + 4 * j, 4);
+            uint32_t magnitude = pre < 0 ? (uint32_t)0 - (uint32_t)pre : (uint32_t)pre;
+            uint32_t whole = magnitude >> 1, sticky = magnitude & 1;
+            uint32_t kept = shift < 31 ? whole >> (shift + 1) : 0;
+            uint32_t rest = whole & below;
+            kept += rest > half || (rest == half && half != 0 && (sticky | (kept & 1)));
+            uint32_t lane = pre < 0 ? (uint32_t)0 - kept : kept;
+            if (dst_swap)
+                lane = __builtin_bswap32(lane);
+            memcpy(d + 4 * j, &lane, 4);
+        }
+    }
+}

@@ -59,4 +59,11 @@ void na_dequantize(const unsigned char *src, ptrdiff_t src_stride, bool src_swap
                    struct na_ints shared, int32_t scale_base, struct na_ints nonfinite, unsigned char *dst,
                    ptrdiff_t dst_stride);
 
+/* Pre-lanes (host_agent/quantize.py, prescale_reference: int32 fixed point at the block's own exponent, two bits
+ * below the integer part) -> the int32 lanes of the shared exponent, rounding half to even with integers only:
+ * the same lanes na_quantize makes from the floats. Blocks whose own exponent exceeds the shared one become
+ * zeros. `src` rows are in this machine's byte order. */
+void na_requantize(const unsigned char *src, ptrdiff_t src_stride, size_t rows, size_t lanes, struct na_ints own,
+                   struct na_ints shared, unsigned char *dst, ptrdiff_t dst_stride, bool dst_swap);
+
 #endif

@@ -81,3 +81,22 @@ def assert_int32_lanes_match(device: str) -> None:
         ours_join = tq.join_int32(torch.from_numpy(summed.reshape(-1)).to(device), values.size)
         assert np.array_equal(ours_join.cpu().numpy(), ref_join)
         assert np.array_equal(ref_join, (values.astype(np.int64) * 3).astype(np.int32))
+
+
+def assert_prescale_matches(device: str) -> int:
+    """Pre-lanes made on ``device`` equal the numpy reference's, and requantizing them to the shared exponent gives
+    exactly the lanes of quantizing with it (rows whose own exponent exceeds the shared one: zeros in both)."""
+    checked = 0
+    for name, blocks, workers, shared in float_cases(seed=1):
+        if workers < 2:
+            continue  # a one-worker job quantizes directly (pre-lanes need a bit of headroom)
+        own, nonfinite = q.block_exponents_reference(blocks)
+        t = torch.from_numpy(blocks).to(device)
+        t_own, t_nonfinite = tq.block_exponents(t)
+        pre = tq.prescale(t, t_own, t_nonfinite, workers)
+        ref_pre = q.prescale_reference(blocks, own, nonfinite, workers)
+        assert pre.dtype == torch.int32 and np.array_equal(pre.cpu().numpy(), ref_pre), name
+        lanes = q.requantize_reference(ref_pre, own, shared)
+        assert np.array_equal(lanes, q.quantize_reference(blocks, shared, workers, own=(own, nonfinite))), name
+        checked += 1
+    return checked

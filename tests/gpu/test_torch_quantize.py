@@ -12,7 +12,11 @@ pytestmark = pytest.mark.unit
 
 torch = pytest.importorskip("torch")
 
-from quantize_cases import assert_int32_lanes_match, assert_twin_matches_reference  # noqa: E402
+from quantize_cases import (  # noqa: E402
+    assert_int32_lanes_match,
+    assert_prescale_matches,
+    assert_twin_matches_reference,
+)
 
 from netagg.host_agent import torch_quantize as tq  # noqa: E402
 from netagg.host_agent.quantize import QuantizationError  # noqa: E402
@@ -36,8 +40,16 @@ def test_int32_lane_split_and_join_match_the_staging_reference(device: str) -> N
     assert_int32_lanes_match(device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_prescaling_then_requantizing_gives_the_lanes_of_quantizing(device: str) -> None:
+    assert assert_prescale_matches(device) == 12
+
+
 def test_bad_input_is_refused_with_the_shape_named() -> None:
     with pytest.raises(QuantizationError, match="float32 tensor shaped"):
         tq.block_exponents(torch.zeros(4, dtype=torch.float64))
     with pytest.raises(QuantizationError, match=r"\(3,\) exponents for 2 blocks"):
         tq.quantize(torch.zeros(2, 8), torch.zeros(3, dtype=torch.int8), 2)
+    zeros = torch.zeros(2, dtype=torch.int8)
+    with pytest.raises(QuantizationError, match="two workers or more"):
+        tq.prescale(torch.zeros(2, 8), zeros, zeros.bool(), 1)

@@ -158,16 +158,20 @@ def test_the_engine_refuses_what_it_cannot_run() -> None:
     exps, flags, used = np.zeros(2, np.int8), np.zeros(2, bool), np.zeros(2, np.int8)
     empty = np.zeros((0, 0), np.float32)
     with pytest.raises(ValueError, match="rows of 32 contiguous 4-byte values"):
-        engine.add(0, 1, False, False, np.zeros((2, 16), np.float32), empty, exps, flags, used)
+        engine.add(0, 1, False, False, False, np.zeros((2, 16), np.float32), empty, exps, flags, used, None)
     with pytest.raises(ValueError, match="rows of 32 contiguous 4-byte values"):
-        engine.add(0, 1, False, False, np.zeros((2, 32), np.float64), empty, exps, flags, used)
+        engine.add(0, 1, False, False, False, np.zeros((2, 32), np.float64), empty, exps, flags, used, None)
     with pytest.raises(ValueError, match="must hold 3 one-byte values"):
-        engine.add(0, 1, False, False, np.zeros((3, 32), np.float32), empty, exps, flags, used)
+        engine.add(0, 1, False, False, False, np.zeros((3, 32), np.float32), empty, exps, flags, used, None)
     with pytest.raises(ValueError, match="no blocks"):
-        engine.add(0, 1, False, False, empty, empty, exps[:0], flags[:0], used[:0])
+        engine.add(0, 1, False, False, False, empty, empty, exps[:0], flags[:0], used[:0], None)
     with pytest.raises(ValueError, match="read-only"):  # the sums land in head: it must be writable
-        engine.add(0, 1, False, False, np.frombuffer(bytes(256), np.float32).reshape(2, 32), empty, exps, flags,
-                   used)  # fmt: skip
-    engine.add(0, 1, False, False, rows, empty, exps, flags, used)
+        engine.add(0, 1, False, False, False, np.frombuffer(bytes(256), np.float32).reshape(2, 32), empty, exps,
+                   flags, used, None)  # fmt: skip
+    with pytest.raises(ValueError, match="need result_nonfinite"):
+        engine.add(0, 1, False, True, False, rows.view(np.int32), empty, exps, flags, used, None)
+    with pytest.raises(ValueError, match="must hold 2 one-byte values"):
+        engine.add(0, 1, False, True, False, rows.view(np.int32), empty, exps, flags, used, flags[:1].copy())
+    engine.add(0, 1, False, False, False, rows, empty, exps, flags, used, None)
     assert engine.op_state(0)[2:] == (2, 0, 0)
     assert engine.op_state(1) is None

@@ -123,6 +123,43 @@ def test_property_two_workers(impl: SimpleNamespace, a: np.ndarray, b: np.ndarra
     assert np.all(np.abs(result - exact) <= q.error_bound(exact, shared, 2))
 
 
+@given(
+    hnp.arrays(np.uint32, (3, 16), elements=st.integers(0, 2**32 - 1)),
+    st.sampled_from([2, 3, 4, 7, 32]),
+    st.lists(st.integers(0, 70), min_size=3, max_size=3),
+)
+@settings(max_examples=300, deadline=None)
+def test_requantized_pre_lanes_are_the_lanes_of_quantizing(raw: np.ndarray, n: int, gaps: list[int]) -> None:
+    """Any float32 bit pattern (denormals, ties, inf, NaN), any shared exponent at or above the block's own."""
+    blocks = raw.view(np.float32)
+    own, nonfinite = q.block_exponents_reference(blocks)
+    shared = np.minimum(own.astype(np.int64) + gaps, 127).astype(np.int8)
+    pre = q.prescale_reference(blocks, own, nonfinite, n)
+    expected = q.quantize_reference(blocks, shared, n, own=(own, nonfinite))
+    np.testing.assert_array_equal(q.requantize_reference(pre, own, shared), expected)
+
+
+def test_pre_lanes_round_half_to_even_at_every_shift() -> None:
+    """Values exactly halfway between two lanes of the shared exponent, of both signs, and just off halfway."""
+    n = 2  # scale 2**(29 - E)
+    exps = np.array([0], np.int8)  # 0.75 below keeps the block's own exponent at 0
+    for d in range(0, 31):
+        step = 2.0 ** (d - 29)  # one lane at the shared exponent d, in value
+        halves = (np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5]) * step).astype(np.float32)
+        off = np.nextafter(halves, np.float32(np.inf))
+        values = np.concatenate([halves, off])
+        blocks = np.concatenate([values[np.abs(values) < 0.75], [np.float32(0.75)]]).astype(np.float32)[None, :]
+        pre = q.prescale_reference(blocks, exps, np.zeros(1, bool), n)
+        shared = np.array([d], np.int8)
+        expected = q.quantize_reference(blocks, shared, n)
+        np.testing.assert_array_equal(q.requantize_reference(pre, exps, shared), expected, err_msg=f"d={d}")
+
+
+def test_pre_lanes_need_two_workers() -> None:
+    with pytest.raises(q.QuantizationError, match="two workers or more"):
+        q.prescale_reference(np.zeros((1, 4), np.float32), np.zeros(1, np.int8), np.zeros(1, bool), 1)
+
+
 @both
 def test_torch_twin_is_bit_identical(impl: SimpleNamespace) -> None:
     torch = pytest.importorskip("torch")
