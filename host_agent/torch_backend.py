@@ -3,11 +3,11 @@
     import netagg.host_agent.torch_backend  # noqa: F401  (registers the backend)
     dist.init_process_group("netagg")       # env:// rendezvous, as with torchrun
 
-all_reduce with SUM or AVG of dense float32, float16, bfloat16 and int32 tensors (CPU, or CUDA through a pinned host
-copy) goes through the switch. Every other collective (other reduce ops and dtypes, sparse tensors, broadcast,
-all_gather, reduce_scatter, all_to_all, barrier, point-to-point, object collectives) is served by an internal gloo
-group on the same store, so any program that runs on gloo runs on netagg. docs/torch.md lists which path serves
-which call.
+all_reduce with SUM or AVG of dense float32, float16, bfloat16 and int32 tensors goes through the switch: CPU
+tensors where they are, CUDA tensors quantized on the GPU and streamed in pieces (torch_device.py). Every other
+collective (other reduce ops and dtypes, sparse tensors, broadcast, all_gather, reduce_scatter, all_to_all,
+barrier, point-to-point, object collectives) is served by an internal gloo group on the same store, so any
+program that runs on gloo runs on netagg. docs/torch.md lists which path serves which call.
 
 Slots: a group joins its job on the switch at its first switch all-reduce, not when it is created, and gives the
 job back when destroyed, when every rank agreed it was idle (``idle_release``), and at interpreter exit; a process
@@ -55,8 +55,15 @@ from netagg.host_agent.bml_transport import BmlError, BmlPeers, BmlPlan
 from netagg.host_agent.client import DEFAULT_DEADLINE, DEFAULT_LANES, AllReduceClient
 from netagg.host_agent.collective import Collective, dtype_name
 from netagg.host_agent.divergence import diverged_record, explain, local_record
-from netagg.host_agent.errors import AgentBrokenError, AgentError, AgentInputError, StreamDivergedError
+from netagg.host_agent.errors import (
+    AgentBrokenError,
+    AgentClosedError,
+    AgentError,
+    AgentInputError,
+    StreamDivergedError,
+)
 from netagg.host_agent.session import JobApi
+from netagg.host_agent.torch_device import DEFAULT_BUFFERS, DEFAULT_PIECE_BYTES, DeviceFeeder
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,9 @@ DEVICES = ("cpu", "cuda")
 SWITCH_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int32)
 _SWITCH_OPS = (dist.ReduceOp.SUM, dist.ReduceOp.AVG)
 
+#: Where tensors on a device are quantized (NetaggOptions.device_path): on the device, in pieces (the default);
+#: on the host from one pinned copy; or on the device for host tensors too.
+DEVICE_PATHS = ("auto", "host", "always")
 #: How a group sums the all_reduces above: through the switch (the default), or BML between the ranks' cards.
 ALGORITHMS = ("switch", "bml")
 #: Store prefix (within the group's store) where each rank publishes the ports its cards listen on (BML).
@@ -145,6 +155,12 @@ class NetaggOptions:
     # default switch)
     algorithm: str | None = None
     bml_plan: str | None = None  # the BCube's address plan, a JSON file, for "bml" (NETAGG_BML_PLAN)
+    # where tensors on a device (a GPU) are quantized: "auto" on their device, streamed in pieces through pinned
+    # host buffers (torch_device.py); "host" through one pinned host copy of the whole tensor, quantized by the
+    # agent; "always" as "auto", host tensors too (to compare the two paths) (NETAGG_DEVICE_PATH, default auto)
+    device_path: str | None = None
+    # bytes of one piece of the "auto" path (its pinned host buffer; 4 per block) (NETAGG_DEVICE_PIECE, default 1 MiB)
+    device_piece: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # further AllReduceClient options (rto, loss, ...)
 
     def resolved(self) -> NetaggOptions:
@@ -163,6 +179,11 @@ class NetaggOptions:
                 f"algorithm {algorithm!r} (NETAGG_ALGORITHM) is not one of the netagg backend's: "
                 f"{', '.join(ALGORITHMS)}"
             )
+        device_path = self.device_path or _env("NETAGG_DEVICE_PATH") or DEVICE_PATHS[0]
+        if device_path not in DEVICE_PATHS:
+            raise ValueError(
+                f"device path {device_path!r} (NETAGG_DEVICE_PATH) is not one of {', '.join(DEVICE_PATHS)}"
+            )
         return NetaggOptions(
             controller=self.controller or _env("NETAGG_CONTROLLER", "127.0.0.1:9590"),
             job=self.job or _env("NETAGG_JOB"),
@@ -175,6 +196,8 @@ class NetaggOptions:
             lease=number(self.lease, "NETAGG_LEASE", str(DEFAULT_LEASE), float),
             algorithm=algorithm,
             bml_plan=self.bml_plan or _env("NETAGG_BML_PLAN"),
+            device_path=device_path,
+            device_piece=number(self.device_piece, "NETAGG_DEVICE_PIECE", str(DEFAULT_PIECE_BYTES), int),
             extra=dict(self.extra),
         )
 
@@ -379,6 +402,12 @@ class NetaggProcessGroup(dist.ProcessGroup):
             raise ValueError(f"idle_release {self._options.idle_release} must be >= 0 seconds (0: never)")
         if self._options.lease is not None and self._options.lease <= 0:
             raise ValueError(f"lease {self._options.lease} must be > 0 seconds")
+        block = 4 * int(self._options.lanes or DEFAULT_LANES)
+        if int(self._options.device_piece or DEFAULT_PIECE_BYTES) < block:
+            raise ValueError(
+                f"device_piece {self._options.device_piece} (NETAGG_DEVICE_PIECE) must be at least one block of "
+                f"{block} bytes"
+            )
         # BML's plan is checked before anything waits on the other ranks.
         self._bml = _BmlPath(self._options, store, rank, size) if self._options.algorithm == "bml" else None
         # torch names the group after creating it (_set_group_name); until then it has none.
@@ -413,6 +442,10 @@ class NetaggProcessGroup(dist.ProcessGroup):
         self._results_before = 0  # RESULTs received by the clients of earlier generations
         self._closed = False
         self._idle_thread: threading.Thread | None = None
+        # Switch all-reduces are numbered and handed to the agent under this lock; tensors on a device go through
+        # the feeder (created at the first one), which hands their pieces over in call order.
+        self._order = threading.Lock()
+        self._feeder: DeviceFeeder | None = None
         _LIVE.add(self)
 
     @staticmethod
@@ -469,42 +502,26 @@ class NetaggProcessGroup(dist.ProcessGroup):
             return next(self._seq)
 
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist._Work:
-        seq = self.next_seq()
         # opts.reduceOp is a ReduceOp wrapper; compare its RedOpType (`in` on the wrapper never matches).
         op = getattr(getattr(opts, "reduceOp", None), "op", dist.ReduceOp.SUM)
         if not self._through_switch(tensors, op):
+            self.next_seq()
             return self._gloo.allreduce(tensors, opts if opts is not None else dist.AllreduceOptions())
         if self._bml is not None:
+            self.next_seq()
             return self._bml.allreduce(tensors[0], op, self._callbacks)
-        tensor = tensors[0]
+        # gloo sums a leaf that requires grad in place; so do we, through a view autograd does not track.
+        tensor = tensors[0].detach()
         name = "all_reduce" if op == dist.ReduceOp.SUM else "all_reduce(avg)"
-        descriptor = Collective(name, seq, tensor.numel(), dtype_name(tensor.dtype))
-        # gloo sums a leaf that requires grad in place; so do we, through a view autograd does not track. A tensor
-        # on an accelerator travels through a pinned host copy (docs/torch.md, "Tensors on a GPU").
-        host, write_back = _host_side(tensor.detach())
-        try:
-            client = self._enter(seq)
-        except AgentError as exc:  # the join failed (controller unreachable, no slots within join_timeout, ...)
-            raise _as_dist_error(exc, self._label) from exc
-        try:
-            source: Future[Any] = client.allreduce_async(host, descriptor=descriptor)
-        except AgentInputError as exc:  # a ValueError for torch's caller: fix the call
-            self._leave_op()
-            if exc.op_index is not None:  # the others run this all-reduce: tell them why it fails
-                why = exc.__cause__ if isinstance(exc.__cause__, AgentInputError) else exc
-                self._publish(local_record(self.rank(), exc.op_index, descriptor, str(why)))
-            raise
-        except AgentError as exc:  # broken by an earlier failure, or closed
-            self._leave_op()
-            raise self._dist_error(exc) from exc
-        source.add_done_callback(lambda _: self._leave_op())
-        if write_back is not None:
-            source = _then(source, write_back)
-        if op == dist.ReduceOp.AVG:
-            source = _then(
-                source,
-                lambda t: t.div_(self.size()) if t.is_floating_point() else t.floor_divide_(self.size()),
-            )
+        average = op == dist.ReduceOp.AVG
+        # Numbered and handed to the agent under one lock: the agent's stream has the group's calls in call order.
+        with self._order:
+            seq = self.next_seq()
+            descriptor = Collective(name, seq, tensor.numel(), dtype_name(tensor.dtype))
+            if self._on_device(tensor):
+                source = self._device_allreduce(seq, tensor, descriptor, average)
+            else:
+                source = self._host_allreduce(seq, tensor, descriptor, average)
         return _SwitchWork(
             source,
             tensors,
@@ -513,6 +530,91 @@ class NetaggProcessGroup(dist.ProcessGroup):
             self._callbacks,
             self._dist_error,
         )
+
+    def _on_device(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is quantized on its own device and streamed in pieces (torch_device.py)."""
+        mode = self._options.device_path
+        if mode == "host" or self.size() < 2:  # pre-lanes need two workers or more
+            return False
+        return tensor.device.type != "cpu" or mode == "always"
+
+    def _device_allreduce(self, seq: int, tensor: torch.Tensor, descriptor: Collective, average: bool) -> Future[Any]:
+        client = self._joined(seq)
+        try:
+            source = self._device_feeder().submit(client, tensor, descriptor, average)
+        except AgentClosedError as exc:  # destroyed meanwhile
+            self._leave_op()
+            raise dist.DistBackendError(str(exc)) from None
+        except BaseException:
+            self._leave_op()
+            raise
+        source.add_done_callback(lambda _: self._leave_op())
+        return source
+
+    def _host_allreduce(self, seq: int, tensor: torch.Tensor, descriptor: Collective, average: bool) -> Future[Any]:
+        """Sum a tensor from host memory: a CPU tensor where it is, another device's through a pinned host copy."""
+        host, write_back = _host_side(tensor)
+        client = self._joined(seq)
+        queued: Future[Any] | None = None
+        if self._feeder is not None:  # device pieces still to be handed over go first
+            queued = Future()
+            queued.set_running_or_notify_cancel()
+
+            def hand_over() -> None:  # on the feeder thread, or at its close: never raises
+                assert queued is not None
+                try:
+                    _chain(self._submit(client, host, descriptor), queued)
+                except BaseException as exc:  # noqa: BLE001 - delivered through the work
+                    queued.set_exception(exc)
+
+            if not self._feeder.in_order(hand_over):
+                queued = None
+        if queued is not None:
+            source = queued
+        else:
+            try:
+                source = self._submit(client, host, descriptor)
+            except BaseException:
+                self._leave_op()
+                raise
+        source.add_done_callback(lambda _: self._leave_op())
+        if write_back is not None:
+            source = _then(source, write_back)
+        if average:
+            source = _then(
+                source,
+                lambda t: t.div_(self.size()) if t.is_floating_point() else t.floor_divide_(self.size()),
+            )
+        return source
+
+    def _joined(self, seq: int) -> AllReduceClient:
+        try:
+            return self._enter(seq)
+        except AgentError as exc:  # the join failed (controller unreachable, no slots within join_timeout, ...)
+            raise _as_dist_error(exc, self._label) from exc
+
+    def _submit(self, client: AllReduceClient, host: torch.Tensor, descriptor: Collective) -> Future[Any]:
+        """Hand a host tensor to the agent; raises as ``allreduce`` does."""
+        try:
+            return client.allreduce_async(host, descriptor=descriptor)
+        except AgentInputError as exc:  # a ValueError for torch's caller: fix the call
+            if exc.op_index is not None:  # the others run this all-reduce: tell them why it fails
+                why = exc.__cause__ if isinstance(exc.__cause__, AgentInputError) else exc
+                self._publish(local_record(self.rank(), exc.op_index, descriptor, str(why)))
+            raise
+        except AgentError as exc:  # broken by an earlier failure, or closed
+            raise self._dist_error(exc) from exc
+
+    def _device_feeder(self) -> DeviceFeeder:
+        if self._feeder is None:
+            self._feeder = DeviceFeeder(
+                self.size(),
+                int(self._options.lanes or DEFAULT_LANES),
+                piece_bytes=int(self._options.device_piece or DEFAULT_PIECE_BYTES),
+                buffers=DEFAULT_BUFFERS,
+                label=self._label,
+            )
+        return self._feeder
 
     # --- the job: joined on first use, given back when idle ------------------------------------------------
 
@@ -683,6 +785,8 @@ class NetaggProcessGroup(dist.ProcessGroup):
             client = self._release("the group was destroyed")
             self._state.notify_all()
         _close(client)
+        if self._feeder is not None:
+            self._feeder.close()
         if self._bml is not None:
             self._bml.close()
         self._callbacks.shutdown(wait=False)
@@ -795,6 +899,19 @@ def _then(source: Future[Any], fn: Any) -> Future[Any]:
 
     source.add_done_callback(done)
     return out
+
+
+def _chain(source: Future[Any], out: Future[Any]) -> None:
+    """Resolve ``out`` as ``source`` resolves."""
+
+    def done(f: Future[Any]) -> None:
+        error = f.exception()
+        if error is not None:
+            out.set_exception(error)
+        else:
+            out.set_result(f.result())
+
+    source.add_done_callback(done)
 
 
 def _delegate(name: str, gloo_name: str) -> Any:

@@ -10,15 +10,11 @@ against the real switch and controller.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from agent_harness import run_ranks
-from fake_agg_switch import FakeController, FakeSwitch
 
 from netagg.host_agent.errors import AgentInputError
 
@@ -26,54 +22,13 @@ pytestmark = pytest.mark.loopback
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
-from netagg.host_agent.torch_backend import NetaggOptions, NetaggProcessGroup  # noqa: E402 - needs torch
+from torch_groups import DEADLINE, FAST, groups, summed, timed  # noqa: E402
 
-DEADLINE = 30.0
-FAST = 10.0  # a failure must come long before the deadline
-
-
-@contextmanager
-def groups(n: int) -> Iterator[tuple[FakeSwitch, list[NetaggProcessGroup], dist.Store]]:
-    switch = FakeSwitch(n)
-    with switch:
-        controller = FakeController(switch)
-        store = dist.HashStore()
-        options = NetaggOptions(controller=controller, job=switch.job, deadline=DEADLINE)
-
-        def make(rank: int, _: object) -> NetaggProcessGroup:
-            return NetaggProcessGroup(store, rank, n, timedelta(seconds=60), options)
-
-        pgs = run_ranks([None] * n, make)  # type: ignore[list-item]
-        try:
-            yield switch, pgs, store
-        finally:
-            for pg in pgs:
-                pg.shutdown()
-
-
-def _sum(pg: NetaggProcessGroup, tensor: Any, op: Any = None) -> Any:
-    opts = dist.AllreduceOptions()
-    if op is not None:
-        opts.reduceOp = op
-    pg.allreduce([tensor], opts).wait()
-    return tensor
-
-
-def _outcome(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except Exception as exc:  # noqa: BLE001 - the test inspects it
-        return exc
-
-
-def _timed(pgs: list[NetaggProcessGroup], body: Callable[[int, NetaggProcessGroup], Any]) -> tuple[list[Any], float]:
-    start = time.monotonic()
-    outcomes = run_ranks(pgs, lambda r, pg: _outcome(lambda: body(r, pg)))  # type: ignore[arg-type]
-    return outcomes, time.monotonic() - start
+from netagg.host_agent.torch_backend import NetaggProcessGroup  # noqa: E402 - needs torch
 
 
 def _assert_unusable(pgs: list[NetaggProcessGroup], since: str) -> None:
-    outcomes, _ = _timed(pgs, lambda r, pg: _sum(pg, torch.ones(10)))
+    outcomes, _ = timed(pgs, lambda r, pg: summed(pg, torch.ones(10)))
     for rank, out in enumerate(outcomes):
         assert isinstance(out, dist.DistBackendError), f"rank {rank} returned {out!r} from an unusable group"
         assert "the group is unusable since an earlier all-reduce failed" in str(out) and since in str(out)
@@ -83,9 +38,9 @@ def _assert_unusable(pgs: list[NetaggProcessGroup], since: str) -> None:
 def test_different_numel_fails_on_every_rank_naming_both(counts: tuple[int, int]) -> None:
     with groups(2) as (_, pgs, _store):
         # A gloo-served collective first: it takes a number too, so the switch all-reduce is the group's #1.
-        maxima = run_ranks(pgs, lambda r, pg: _sum(pg, torch.tensor([float(r)]), dist.ReduceOp.MAX).item())
+        maxima = run_ranks(pgs, lambda r, pg: summed(pg, torch.tensor([float(r)]), dist.ReduceOp.MAX).item())
         assert maxima == [1.0, 1.0]
-        outcomes, elapsed = _timed(pgs, lambda r, pg: _sum(pg, torch.full((counts[r],), r + 1.0)))
+        outcomes, elapsed = timed(pgs, lambda r, pg: summed(pg, torch.full((counts[r],), r + 1.0)))
         assert elapsed < FAST, f"took {elapsed:.1f} s (deadline {DEADLINE} s)"
         named = (
             f"all_reduce #1 of group 'test-job': rank 0 has {counts[0]} float32 elements, "
@@ -100,7 +55,7 @@ def test_different_numel_fails_on_every_rank_naming_both(counts: tuple[int, int]
 def test_int32_sum_equals_glooss_and_the_group_goes_on() -> None:
     with groups(2) as (_, pgs, store):
         values = [2**30 + 5, 1]
-        sums = run_ranks(pgs, lambda r, pg: _sum(pg, torch.tensor([values[r]], dtype=torch.int32)).tolist())
+        sums = run_ranks(pgs, lambda r, pg: summed(pg, torch.tensor([values[r]], dtype=torch.int32)).tolist())
         assert sums == [[1073741830], [1073741830]]
 
         def gloo(rank: int, _: object) -> list[int]:
@@ -110,7 +65,7 @@ def test_int32_sum_equals_glooss_and_the_group_goes_on() -> None:
             return t.tolist()
 
         assert run_ranks(pgs, gloo) == sums  # type: ignore[arg-type]
-        after = run_ranks(pgs, lambda r, pg: _sum(pg, torch.ones(1)).tolist())
+        after = run_ranks(pgs, lambda r, pg: summed(pg, torch.ones(1)).tolist())
         assert after == [[2.0], [2.0]]
 
 
@@ -133,10 +88,10 @@ def test_bad_input_on_one_rank_fails_the_others_fast_quoting_it(monkeypatch: pyt
         tensor = torch.ones(100)
         if rank == 0:
             refused.append(tensor.data_ptr())
-        return _sum(pg, tensor)
+        return summed(pg, tensor)
 
     with groups(2) as (_, pgs, _store):
-        outcomes, elapsed = _timed(pgs, body)
+        outcomes, elapsed = timed(pgs, body)
         local, peer = outcomes
         assert isinstance(local, AgentInputError) and "refused by the test" in str(local), local
         assert isinstance(peer, dist.DistBackendError), peer

@@ -14,9 +14,13 @@ pytestmark = pytest.mark.loopback
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_ddp_gradients_match_gloo_within_the_quantizer_bound(stack, tmp_path, world: int) -> None:
-    for result in run_ranks(stack, tmp_path, "ddp", world):
+#: The device path (quantized by torch ops on the tensor's device, in pieces of 4 blocks) for CPU tensors.
+DEVICE_PATH = {"NETAGG_DEVICE_PATH": "always", "NETAGG_DEVICE_PIECE": str(4 * 4 * 256)}
+
+
+@pytest.mark.parametrize(("world", "env"), [(2, {}), (4, {}), (2, DEVICE_PATH)], ids=["2", "4", "2-device-path"])
+def test_ddp_gradients_match_gloo_within_the_quantizer_bound(stack, tmp_path, world: int, env: dict) -> None:
+    for result in run_ranks(stack, tmp_path, "ddp", world, extra_env=env):
         assert result["worst_excess"] <= 0.0, result
         assert result["results_received"] >= 5, "the gradients did not go through the switch"
 
