@@ -1,13 +1,14 @@
 """Peak memory of one float32 all-reduce by the host agent, next to the tensor's size; prints one JSON line.
 
-python -m bench.agent_memory [--megabytes 381] [--copy]
+python -m bench.agent_memory [--megabytes 381] [--copy] [--torch]
 
 One agent (world size 1) all-reduces a tensor through a reflector thread of the same process, which answers every
 UPDATE with its RESULT (for one worker the switch's answer is the UPDATE itself). ``baseline_MB`` is the resident
 set with the tensor allocated and written, right before the all-reduce; ``peak_MB`` the peak resident set from
 then until the all-reduce returned (VmHWM, reset right before); ``overhead`` = (peak - baseline) / tensor. In place
 (the default) the agent needs no copy of the tensor; ``--copy`` measures ``inplace=False``, which returns a new
-array (one more tensor).
+array (one more tensor); ``--torch`` all-reduces a torch CPU tensor instead of a numpy array (what the torch
+backend hands the agent).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ class Reflector:
         self.sock.close()
 
 
-def measure(megabytes: float, inplace: bool = True, lanes: int = 256, window: int = 64) -> dict[str, float]:
+def measure(
+    megabytes: float, inplace: bool = True, lanes: int = 256, window: int = 64, use_torch: bool = False
+) -> dict[str, float]:
     reflector = Reflector(lanes)
     addr = reflector.sock.getsockname()
     session = JoinResult(job="memory", job_id=1, worker_id=0, world_size=1, lanes=lanes, slots=window, epoch=1,
@@ -102,10 +105,16 @@ def measure(megabytes: float, inplace: bool = True, lanes: int = 256, window: in
             x = np.empty(count, np.float32)
             x[:] = np.float32(0.5)
             x[::7] = np.float32(-3.25)
+            if use_torch:
+                import torch
+
+                x = torch.from_numpy(x)  # the same memory, as a tensor
             reset_peak()
             baseline = resident_bytes()
             result = client.allreduce(x, inplace=inplace)
             peak = peak_resident_bytes()
+            if use_torch:
+                result = result.numpy()
             expected = np.full(count, np.float32(0.5))  # exact in block floating point: the sum of one worker
             expected[::7] = np.float32(-3.25)
             ok = bool(np.array_equal(result, expected))
@@ -119,6 +128,7 @@ def measure(megabytes: float, inplace: bool = True, lanes: int = 256, window: in
         "peak_MB": peak / 1e6,
         "overhead": (peak - baseline) / tensor,
         "inplace": inplace,
+        "torch": use_torch,
         "result_ok": ok,
     }
 
@@ -127,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megabytes", type=float, default=381.0, help="float32 tensor size, MiB (default 381)")
     parser.add_argument("--copy", action="store_true", help="inplace=False (the result is a new array)")
+    parser.add_argument("--torch", action="store_true", help="a torch CPU tensor instead of a numpy array")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.megabytes, inplace=not args.copy)), flush=True)
+    print(json.dumps(measure(args.megabytes, inplace=not args.copy, use_torch=args.torch)), flush=True)
 
 
 if __name__ == "__main__":

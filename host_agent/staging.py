@@ -5,15 +5,15 @@ quantizes each block straight from there into a packet buffer and, when the bloc
 into the same rows (a sent block is never read again: a retransmission resends the packet's bytes). So memory
 stays at the tensor plus one block:
 
-* in-place float32 numpy arrays that are C-contiguous and writable are not copied at all: ``head`` is the caller's
-  array, viewed as blocks, and only the partial last block lives in ``tail``. The transport thread reads the
-  caller's array while sending and writes sums into it as they arrive (the caller does not touch the tensor
+* in-place float32 arrays that are C-contiguous and writable (numpy arrays, and torch CPU tensors that are
+  contiguous, strided and carry no lazy conjugate or negation) are not copied at all: ``head`` is the caller's
+  memory, viewed as blocks, and only the partial last block lives in ``tail``. The transport thread reads the
+  caller's memory while sending and writes sums into it as they arrive (the caller does not touch the tensor
   until the future is done; after a failed all-reduce its contents are unspecified, as with gloo or NCCL).
-* everything else (other dtypes, layouts, torch tensors, ``inplace=False``) is copied once into an agent-owned
-  float32 or int32 buffer (``head``, padded; ``tail`` empty); the result is taken from there when the
-  all-reduce completes. torch tensors are copied with torch ops (``copy_``) into a torch view of the agent's
-  numpy buffer, so the caller's tensor is never exposed through ``.numpy()`` and any layout or dtype torch
-  supports works.
+* everything else (other dtypes, layouts, ``inplace=False``) is copied once into an agent-owned float32 or int32
+  buffer (``head``, padded; ``tail`` empty); the result is taken from there when the all-reduce completes. Such
+  torch tensors are copied with torch ops (``copy_``) into a torch view of the agent's numpy buffer, so any
+  layout or dtype torch supports works.
 
 int32 travels as two lanes per element, the low 16 bits (unsigned) and the high 16 bits (signed), so that an n-way
 sum of either lane fits an int32 lane for any values (n <= 32: at most 32 * 65535 < 2**21). The sum is put back
@@ -95,6 +95,10 @@ class Target:
         """Write the flat sum (float32 or int32, ``count`` long) out; return what ``allreduce`` returns."""
         raise NotImplementedError
 
+    def caller_values(self) -> np.ndarray:
+        """The caller's values as one flat numpy array sharing their memory (in-place staging only)."""
+        raise NotImplementedError
+
     def deliver_lanes(self, sums: np.ndarray, shared_exps: np.ndarray, nonfinite: np.ndarray) -> Any:
         """Take the summed int32 lanes of a prescaled all-reduce (rows of ``head``, with the shared exponent and
         the RESULT's non-finite flag of each row) to be dequantized where the tensor lives."""
@@ -125,6 +129,9 @@ class Prescaled:
 
 
 class _NumpyTarget(Target):
+    def caller_values(self) -> np.ndarray:
+        return self.tensor.reshape(-1)
+
     def deliver(self, flat: np.ndarray) -> Any:
         x = self.tensor
         if self.inplace:
@@ -136,6 +143,9 @@ class _NumpyTarget(Target):
 
 
 class _TorchTarget(Target):
+    def caller_values(self) -> np.ndarray:
+        return self.tensor.detach().numpy().reshape(-1)
+
     def deliver(self, flat: np.ndarray) -> Any:
         import torch
 
@@ -234,7 +244,7 @@ def finished_values(staged: Staged, target: Target) -> Any:
         head_values = staged.head.size
         rest = staged.count - head_values
         if rest:
-            target.tensor.reshape(-1)[head_values:] = staged.tail.reshape(-1)[:rest]
+            target.caller_values()[head_values:] = staged.tail.reshape(-1)[:rest]
         return target.tensor
     if staged.exact:
         return target.deliver(join_int32(staged.head.reshape(-1), staged.count))
@@ -283,6 +293,9 @@ def _stage_torch(x: Any, lanes: int, inplace: bool) -> tuple[Staged, Target]:
         )
     count = x.numel()
     dtype = dtype_name(x.dtype)
+    shared = _numpy_view(x, torch) if inplace else None
+    if shared is not None:
+        return _in_place_staged(shared, lanes), _TorchTarget(x, inplace)
     if exact:
         values = np.empty(count, np.int32)
         with torch.no_grad():
@@ -292,3 +305,11 @@ def _stage_torch(x: Any, lanes: int, inplace: bool) -> tuple[Staged, Target]:
     with torch.no_grad():
         torch.from_numpy(blocks).view(-1)[:count].copy_(x.detach().reshape(-1))
     return _float_staged(blocks, count, dtype), _TorchTarget(x, inplace)
+
+
+def _numpy_view(x: Any, torch: Any) -> np.ndarray | None:
+    """A float32 CPU tensor's values as a C-contiguous writable numpy array sharing its memory, else None."""
+    if not (x.dtype == torch.float32 and x.layout == torch.strided and x.is_contiguous()) or x.is_conj() or x.is_neg():
+        return None
+    view = x.detach().numpy()
+    return view if view.flags.c_contiguous and view.flags.writeable else None
