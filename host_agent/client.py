@@ -233,6 +233,18 @@ class AllReduceClient:
             ) from error
         return op.future
 
+    def give_up(self, descriptor: Collective, error: BaseException) -> int:
+        """Put an ABORT at this point of the stream for a collective this rank cannot send the rest of (e.g. its
+        device failed after some pieces went out): the other ranks fail it within a round trip instead of waiting
+        for chunks that never come. Returns the index of the abort operation (for the rank's failure report)."""
+        with self._submit_lock:
+            self._check_open()
+            index = next(self._indices)
+            op = self._abort_operation(index, descriptor, None, AgentInputError(str(error)))
+            op.future.set_running_or_notify_cancel()
+            self._transport.submit(op)
+        return index
+
     @staticmethod
     def _descriptor(index: int, given: Collective | None, staged: Staged) -> Collective:
         """The collective's descriptor: the caller's, or the client's count; the agent adds the encoding."""

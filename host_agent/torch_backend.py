@@ -255,6 +255,8 @@ class _SwitchWork(dist._Work):
             raise self._dist_error(exc) from exc
         except TimeoutError as exc:
             raise dist.DistBackendError(f"{self._label}: wait() timed out after {limit} s") from exc
+        except Exception as exc:  # e.g. the device failed while a piece was prepared (torch_device.py)
+            raise self._dist_error(exc) from exc
         return True
 
     def is_completed(self) -> bool:
@@ -613,6 +615,9 @@ class NetaggProcessGroup(dist.ProcessGroup):
                 piece_bytes=int(self._options.device_piece or DEFAULT_PIECE_BYTES),
                 buffers=DEFAULT_BUFFERS,
                 label=self._label,
+                on_give_up=lambda index, descriptor, error: self._publish(
+                    local_record(self.rank(), index, descriptor, str(error))
+                ),
             )
         return self._feeder
 

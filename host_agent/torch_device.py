@@ -44,7 +44,7 @@ import torch
 from netagg.host_agent import torch_quantize as tq
 from netagg.host_agent.client import AllReduceClient
 from netagg.host_agent.collective import Collective
-from netagg.host_agent.errors import AgentClosedError
+from netagg.host_agent.errors import AgentClosedError, AgentError
 from netagg.host_agent.staging import Prescaled, Target
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,16 @@ class _PieceTarget(Target):
 class DeviceFeeder:
     """The group's device all-reduces, quantized on their device and handed to the agent in pieces, in call order."""
 
-    def __init__(self, num_workers: int, lanes: int, *, piece_bytes: int, buffers: int, label: str) -> None:
+    def __init__(
+        self,
+        num_workers: int,
+        lanes: int,
+        *,
+        piece_bytes: int,
+        buffers: int,
+        label: str,
+        on_give_up: Callable[[int, Collective, BaseException], None] | None = None,
+    ) -> None:
         if buffers < 1 or piece_bytes < 4 * lanes:
             raise ValueError(
                 f"device pieces need at least one buffer of at least one block ({4 * lanes} bytes); got {buffers} "
@@ -166,6 +175,7 @@ class DeviceFeeder:
         self._pinned = torch.cuda.is_available()  # host buffers the GPU copies to and from by DMA
         self._n = num_workers
         self._lanes = lanes
+        self._on_give_up = on_give_up  # told (abort index, descriptor, error) when this rank gives up a collective
         self._rows = piece_bytes // (4 * lanes)
         self._label = label
         # Buffers no piece uses, each with the event after which its last piece's sums were on the device; made
@@ -263,6 +273,16 @@ class DeviceFeeder:
                 if self._queue and self._queue[0] is item:
                     self._queue.popleft()
 
+    def _give_up(self, task: _Task, error: BaseException) -> None:
+        """The device failed on a piece: an ABORT in its place makes every rank fail the all-reduce at once."""
+        try:
+            index = task.client.give_up(task.descriptor, error)
+        except AgentError as exc:  # the client is already broken or closed: the others learn of it that way
+            log.warning("%s: could not tell the other ranks of %s: %s", self._label, task.descriptor, exc)
+            return
+        if self._on_give_up is not None:
+            self._on_give_up(index, task.descriptor, error)
+
     def _ensure_buffers(self, window: int) -> None:
         """Enough buffers to keep ``2 * window`` blocks handed over ahead of the oldest piece in flight.
 
@@ -293,6 +313,12 @@ class DeviceFeeder:
             piece = _Piece(task, start, n, -(-n // per_row), buffer)
             try:
                 prescaled = self._prepare(piece)
+            except BaseException as exc:
+                with self._cond:
+                    self._free.append((buffer, None))
+                self._give_up(task, exc)
+                raise
+            try:
                 piece.future = task.client.allreduce_async(prescaled, descriptor=task.descriptor)
             except BaseException:
                 with self._cond:

@@ -138,6 +138,37 @@ def test_destroying_the_group_fails_queued_device_all_reduces_without_hanging() 
                 work.wait()
 
 
+def test_a_device_failure_mid_tensor_fails_every_rank_fast_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0's device fails on the third piece, after two went out: an ABORT in its place fails the all-reduce
+    on rank 1 within a round trip (not at the deadline), quoting rank 0's error."""
+    from netagg.host_agent import torch_device
+
+    marker = 12345.0
+    original = torch_device.tq.prescale
+
+    def prescale(blocks: torch.Tensor, *args: Any) -> torch.Tensor:
+        if blocks[0, 0].item() == marker:
+            raise RuntimeError("the device failed (test)")
+        return original(blocks, *args)
+
+    monkeypatch.setattr(torch_device.tq, "prescale", prescale)
+
+    def body(rank: int, pg: NetaggProcessGroup) -> Any:
+        tensor = torch.ones(20 * 256)
+        if rank == 0:
+            tensor[2 * 3 * 256] = marker  # the first value of the third piece (3 blocks each)
+        return summed(pg, tensor)
+
+    with groups(2, DEVICE, DEVICE) as (_, pgs, _store):
+        outcomes, elapsed = timed(pgs, body)
+        assert elapsed < FAST, f"took {elapsed:.1f} s"
+        for out in outcomes:
+            assert isinstance(out, dist.DistBackendError) and "the device failed (test)" in str(out), out
+        assert "rank 0 gave up on it: the device failed (test)" in str(outcomes[1]), outcomes[1]
+        after, _ = timed(pgs, lambda r, pg: summed(pg, torch.ones(10)))
+        assert all(isinstance(out, dist.DistBackendError) for out in after), after  # the group is unusable
+
+
 def test_device_path_options_are_checked() -> None:
     with pytest.raises(ValueError, match="device path 'gpu'"):
         NetaggOptions(device_path="gpu").resolved()
