@@ -3,8 +3,10 @@
 A round trip is what one all-reduce costs a worker on its float path: block exponents, quantize with the shared
 exponents, dequantize the sums. It is timed for the compiled kernels and for the numpy reference, on the whole
 tensor in one call and in 1 MiB pieces (a streaming agent's working set), and for the kernels also with the
-lanes in packet buffers (big-endian, a header between blocks: the wire's layout). Next to the numpy copy stands a
-bare C memcpy of the same bytes: what this machine's C library makes of one read and one write of the tensor.
+lanes in packet buffers (big-endian, a header between blocks: the wire's layout). ``requantize alone`` is the
+agent's part of quantizing a tensor that lives on a GPU (pre-lanes made there, docs/quantization.md). Next to
+the numpy copy stands a bare C memcpy of the same bytes: what this machine's C library makes of one read and one
+write of the tensor.
 (Kernels whose output is 4 MiB or more stream their stores; a memcpy below glibc's non-temporal threshold does
 not, so a single kernel can beat it.)
 
@@ -75,6 +77,9 @@ def run(
     kernels = (q.block_exponents, q.quantize, q.dequantize)
     reference = (q.block_exponents_reference, q.quantize_reference, q.dequantize_reference)
     exps, nonfinite = q.block_exponents(src)
+    # Pre-lanes (made on a GPU for tensors there) requantized to shared exponents 0-2 above the blocks' own.
+    pre = q.prescale_reference(src, exps, nonfinite, workers)
+    shared = (exps.astype(np.int16) + np.arange(m) % 3).clip(-128, 127).astype(np.int8)
     cases: dict[str, Callable[[], object]] = {
         "numpy copy": copy,
         "C memcpy": memcpy,
@@ -84,6 +89,7 @@ def run(
         "  exponents alone, one call": lambda: q.block_exponents(src),
         "  quantize alone, one call": lambda: q.quantize(src, exps, workers, out=lanes_buf, own=(exps, nonfinite)),
         "  dequantize alone, one call": lambda: q.dequantize(lanes_buf, exps, workers, nonfinite, out=dst),
+        "  requantize alone, one call": lambda: q.requantize(pre, exps, shared, out=lanes_buf),
         "numpy reference, one call": lambda: roundtrip(*reference, lanes_buf),
         "numpy reference, 1 MiB pieces": lambda: roundtrip(*reference, piece_buf),
     }

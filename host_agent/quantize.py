@@ -225,6 +225,20 @@ def requantize_reference(
     return out
 
 
+def requantize(
+    pre: np.ndarray, own_exps: np.ndarray, shared_exps: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`requantize_reference` in one compiled pass; ``out`` may be packet lanes (either byte order, any row
+    stride), as :func:`quantize`'s."""
+    if out is None:
+        out = np.empty(np.shape(pre), np.int32)
+    try:
+        _native.requantize(pre, own_exps, shared_exps, out)
+    except _native.Unsupported:
+        return requantize_reference(pre, own_exps, shared_exps, out)
+    return out
+
+
 def check_prescalable(num_workers: int) -> None:
     """Raise unless pre-lanes of ``num_workers`` fit int32 (two workers or more)."""
     if headroom_bits(num_workers) < 1:

@@ -721,7 +721,7 @@ class Transport:
                 if staged.exact:
                     out[...] = blocks
                 elif staged.prescaled:
-                    q.requantize_reference(blocks, staged.exps[p0:p1], shared[a + p0 - r0 : a + p1 - r0], out=out)
+                    q.requantize(blocks, staged.exps[p0:p1], shared[a + p0 - r0 : a + p1 - r0], out=out)
                 else:
                     q.quantize(blocks, shared[a + p0 - r0 : a + p1 - r0], self._n, out=out,
                                own=(staged.exps[p0:p1], staged.nonfinite[p0:p1]))  # fmt: skip

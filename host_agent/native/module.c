@@ -279,6 +279,38 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(requantize_doc,
+             "requantize(pre, own, shared, out)\n--\n\n"
+             "Pre-lanes `pre` (native int32, m x L) at the exponents `own` -> the lanes `out` (m, L; either byte\n"
+             "order, rows at any stride) of the exponents `shared`; rows with own[i] > shared[i] become zeros.\n"
+             "`own`, `shared`: signed integers (m,). Raises Unsupported for arguments it does not take.");
+
+static PyObject *requantize(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    struct call c = {.count = 0};
+    struct rows src, dst;
+    struct na_ints own, shared;
+    if (!check_nargs("requantize", nargs, 4) || !get_rows(&c, args[0], false, "il", false, "pre", &src) ||
+        !get_vector(&c, args[1], false, 'e', src.rows, "own", &own) ||
+        !get_vector(&c, args[2], false, 'e', src.rows, "shared", &shared) ||
+        !get_rows(&c, args[3], true, "il", true, "out", &dst) || !check_disjoint(&c))
+        goto fail;
+    if (dst.rows != src.rows || dst.lanes != src.lanes) {
+        PyErr_Format(Unsupported, "out: shape (%zu, %zu) for pre-lanes (%zu, %zu)", dst.rows, dst.lanes, src.rows,
+                     src.lanes);
+        goto fail;
+    }
+    PyThreadState *ts = release_gil_if(8 * src.rows * src.lanes);
+    na_requantize(src.data, src.stride, src.rows, src.lanes, own, shared, dst.data, dst.stride, dst.swapped);
+    restore_gil(ts);
+    release_all(&c);
+    Py_RETURN_NONE;
+fail:
+    release_all(&c);
+    return NULL;
+}
+
 PyDoc_STRVAR(dequantize_doc,
              "dequantize(sums, shared, scale_base, nonfinite, out)\n--\n\n"
              "Dequantize int32 lanes `sums` (m, L; either byte order, rows at any stride) into float32 `out`\n"
@@ -612,6 +644,7 @@ static PyMethodDef methods[] = {
     {"block_exponents", (PyCFunction)(void (*)(void))block_exponents, METH_FASTCALL, block_exponents_doc},
     {"quantize", (PyCFunction)(void (*)(void))quantize, METH_FASTCALL, quantize_doc},
     {"dequantize", (PyCFunction)(void (*)(void))dequantize, METH_FASTCALL, dequantize_doc},
+    {"requantize", (PyCFunction)(void (*)(void))requantize, METH_FASTCALL, requantize_doc},
     {"copy", (PyCFunction)(void (*)(void))copy, METH_FASTCALL, copy_doc},
     {"available_kernels", available_kernels, METH_NOARGS, available_kernels_doc},
     {"active_kernels", active_kernels, METH_NOARGS, active_kernels_doc},

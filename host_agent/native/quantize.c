@@ -125,8 +125,26 @@ static void dequantize_row_generic(const unsigned char *src, unsigned char *dst,
     }
 }
 
+static void requantize_row_generic(const unsigned char *src, unsigned char *dst, size_t lanes, unsigned d, bool swap)
+{
+    const uint32_t half = (uint32_t)1 << d, below = ((uint32_t)2 << d) - 1;
+    for (size_t j = 0; j < lanes; j++) {
+        int32_t pre;
+        memcpy(&pre, src + 4 * j, 4);
+        uint32_t sign = (uint32_t)(pre >> 31); /* all ones for a negative pre-lane */
+        uint32_t magnitude = ((uint32_t)pre ^ sign) - sign;
+        uint32_t whole = magnitude >> 1, sticky = magnitude & 1;
+        uint32_t kept = whole >> (d + 1), rest = whole & below;
+        uint32_t up = (uint32_t)(rest > half) | ((uint32_t)(rest == half) & ((sticky | kept) & 1));
+        uint32_t lane = ((kept + up) ^ sign) - sign;
+        if (swap)
+            lane = __builtin_bswap32(lane);
+        memcpy(dst + 4 * j, &lane, 4);
+    }
+}
+
 static const struct na_kernels generic_kernels = {
-    "generic", max_magnitude_generic, quantize_row_generic, dequantize_row_generic,
+    "generic", max_magnitude_generic, quantize_row_generic, dequantize_row_generic, requantize_row_generic,
 };
 
 #ifdef NA_X86
@@ -207,8 +225,31 @@ __attribute__((target("sse2"))) static void dequantize_row_sse2(const unsigned c
     dequantize_row_generic(src + 4 * j, dst + 4 * j, lanes - j, f1, f2, swap, false);
 }
 
+/* Pre-lanes to lanes (na_requantize), 4 at a time: every value compared is below 2**31, so signed compares do. */
+__attribute__((target("sse2"))) static void requantize_row_sse2(const unsigned char *src, unsigned char *dst,
+                                                                size_t lanes, unsigned d, bool swap)
+{
+    const __m128i one = _mm_set1_epi32(1), count = _mm_cvtsi32_si128((int)d + 1);
+    const __m128i half = _mm_set1_epi32((int32_t)((uint32_t)1 << d));
+    const __m128i below = _mm_set1_epi32((int32_t)(((uint32_t)2 << d) - 1));
+    size_t j = 0;
+    for (; j + 4 <= lanes; j += 4) {
+        __m128i pre = _mm_loadu_si128((const __m128i *)(src + 4 * j));
+        __m128i sign = _mm_srai_epi32(pre, 31);
+        __m128i magnitude = _mm_sub_epi32(_mm_xor_si128(pre, sign), sign);
+        __m128i whole = _mm_srli_epi32(magnitude, 1);
+        __m128i kept = _mm_srl_epi32(whole, count), rest = _mm_and_si128(whole, below);
+        __m128i odd = _mm_and_si128(_mm_or_si128(magnitude, kept), one); /* sticky bit, or kept is odd */
+        __m128i up = _mm_or_si128(_mm_and_si128(_mm_cmpgt_epi32(rest, half), one),
+                                  _mm_and_si128(_mm_cmpeq_epi32(rest, half), odd));
+        __m128i lane = _mm_sub_epi32(_mm_xor_si128(_mm_add_epi32(kept, up), sign), sign);
+        _mm_storeu_si128((__m128i *)(dst + 4 * j), swap ? bswap32_sse2(lane) : lane);
+    }
+    requantize_row_generic(src + 4 * j, dst + 4 * j, lanes - j, d, swap);
+}
+
 static const struct na_kernels sse2_kernels = {
-    "sse2", max_magnitude_sse2, quantize_row_sse2, dequantize_row_sse2,
+    "sse2", max_magnitude_sse2, quantize_row_sse2, dequantize_row_sse2, requantize_row_sse2,
 };
 
 /* ---- AVX2: 8 lanes at a time, byte order by one shuffle (the identity when no swap is needed) -------------- */
@@ -280,8 +321,31 @@ __attribute__((target("avx2"))) static void dequantize_row_avx2(const unsigned c
     dequantize_row_generic(src + 4 * j, dst + 4 * j, lanes - j, f1, f2, swap, false);
 }
 
+__attribute__((target("avx2"))) static void requantize_row_avx2(const unsigned char *src, unsigned char *dst,
+                                                                size_t lanes, unsigned d, bool swap)
+{
+    const __m256i one = _mm256_set1_epi32(1), order = byte_order_avx2(swap);
+    const __m128i count = _mm_cvtsi32_si128((int)d + 1);
+    const __m256i half = _mm256_set1_epi32((int32_t)((uint32_t)1 << d));
+    const __m256i below = _mm256_set1_epi32((int32_t)(((uint32_t)2 << d) - 1));
+    size_t j = 0;
+    for (; j + 8 <= lanes; j += 8) {
+        __m256i pre = _mm256_loadu_si256((const __m256i *)(src + 4 * j));
+        __m256i sign = _mm256_srai_epi32(pre, 31);
+        __m256i magnitude = _mm256_sub_epi32(_mm256_xor_si256(pre, sign), sign);
+        __m256i whole = _mm256_srli_epi32(magnitude, 1);
+        __m256i kept = _mm256_srl_epi32(whole, count), rest = _mm256_and_si256(whole, below);
+        __m256i odd = _mm256_and_si256(_mm256_or_si256(magnitude, kept), one);
+        __m256i up = _mm256_or_si256(_mm256_and_si256(_mm256_cmpgt_epi32(rest, half), one),
+                                     _mm256_and_si256(_mm256_cmpeq_epi32(rest, half), odd));
+        __m256i lane = _mm256_sub_epi32(_mm256_xor_si256(_mm256_add_epi32(kept, up), sign), sign);
+        _mm256_storeu_si256((__m256i *)(dst + 4 * j), _mm256_shuffle_epi8(lane, order));
+    }
+    requantize_row_generic(src + 4 * j, dst + 4 * j, lanes - j, d, swap);
+}
+
 static const struct na_kernels avx2_kernels = {
-    "avx2", max_magnitude_avx2, quantize_row_avx2, dequantize_row_avx2,
+    "avx2", max_magnitude_avx2, quantize_row_avx2, dequantize_row_avx2, requantize_row_avx2,
 };
 
 #endif /* NA_X86 */
@@ -482,29 +546,13 @@ void na_requantize(const unsigned char *src, ptrdiff_t src_stride, size_t rows, 
                    struct na_ints shared, unsigned char *dst, ptrdiff_t dst_stride, bool dst_swap)
 {
     for (size_t i = 0; i < rows; i++) {
-        const unsigned char *s = src + (ptrdiff_t)i * src_stride;
         unsigned char *d = dst + (ptrdiff_t)i * dst_stride;
         int64_t own_e = int_at(own, i), shared_e = int_at(shared, i);
-        if (own_e > shared_e) {
+        /* |pre| < 2**31, so floor(2|t|) = |pre| >> 1 < 2**30: a shift by d + 1 >= 31 leaves nothing, not even a half */
+        if (own_e > shared_e || shared_e - own_e > 30) {
             memset(d, 0, 4 * lanes);
             continue;
         }
-        /* |pre| < 2**31, so whole = |pre| >> 1 < 2**30: a shift by d + 1 >= 31 leaves nothing and no half */
-        unsigned shift = shared_e - own_e > 30 ? 31 : (unsigned)(shared_e - own_e);
-        uint32_t half = shift < 31 ? (uint32_t)1 << shift : 0;
-        uint32_t below = shift < 31 ? ((uint32_t)2 << shift) - 1 : UINT32_MAX;
-        for (size_t j = 0; j < lanes; j++) {
-            int32_t pre;
-            memcpy(&pre, s + 4 * j, 4);
-            uint32_t magnitude = pre < 0 ? (uint32_t)0 - (uint32_t)pre : (uint32_t)pre;
-            uint32_t whole = magnitude >> 1, sticky = magnitude & 1;
-            uint32_t kept = shift < 31 ? whole >> (shift + 1) : 0;
-            uint32_t rest = whole & below;
-            kept += rest > half || (rest == half && half != 0 && (sticky | (kept & 1)));
-            uint32_t lane = pre < 0 ? (uint32_t)0 - kept : kept;
-            if (dst_swap)
-                lane = __builtin_bswap32(lane);
-            memcpy(d + 4 * j, &lane, 4);
-        }
+        na_active->requantize_row(src + (ptrdiff_t)i * src_stride, d, lanes, (unsigned)(shared_e - own_e), dst_swap);
     }
 }

@@ -32,6 +32,8 @@ struct na_kernels {
     /* y = (float)lane * f1 * f2 */
     void (*dequantize_row)(const unsigned char *src, unsigned char *dst, size_t lanes, float f1, float f2,
                            bool swap, bool stream);
+    /* pre-lanes (this machine's byte order) -> lanes of an exponent d <= 30 above their own (na_requantize) */
+    void (*requantize_row)(const unsigned char *src, unsigned char *dst, size_t lanes, unsigned d, bool swap);
 };
 
 /* The kernels in use; na_select_kernels() picks them by name ("avx2", "sse2", "generic"), NULL name: the best

@@ -292,6 +292,31 @@ def test_arguments_the_kernels_do_not_take_go_to_the_reference(case: str) -> Non
         )
 
 
+@pytest.mark.parametrize("lanes", [1, 7, 8, 13, 256])
+def test_requantize_matches_the_reference(kernels: str, lanes: int) -> None:
+    """Every shift 0..40 (above 30: zeros), own above shared (zeros), ties and the extreme pre-lanes, into
+    big-endian lanes at a packet's row stride, for lane counts that leave a scalar tail."""
+    rng = np.random.default_rng(lanes)
+    rows = 41 * 3
+    pre = rng.integers(-(2**31) + 1, 2**31, size=(rows, lanes), dtype=np.int64).astype(np.int32)
+    pre[::5] = (rng.integers(-(2**20), 2**20, size=(len(pre[::5]), lanes)) << rng.integers(0, 10)).astype(np.int32)
+    pre[1, :] = 2**31 - 1
+    pre[2, :] = -(2**31) + 1
+    pre[3, :] = 0
+    own = rng.integers(-128, 100, size=rows).astype(np.int8)
+    shared = np.clip(own.astype(np.int64) + np.repeat(np.arange(41), 3), -128, 127).astype(np.int8)
+    shared[4] = own[4] - 1 if own[4] > -128 else own[4]  # own above shared: zeros
+    expected = q.requantize_reference(pre, own, shared)
+    frames = np.zeros(rows * (lanes * 4 + 18), np.uint8)
+    out = q.lane_view(frames, rows, lanes, offset=18, stride=lanes * 4 + 18)
+    _native.requantize(pre, own, shared, out)  # the kernel itself (q.requantize would fall back quietly)
+    np.testing.assert_array_equal(out, expected)
+    native = np.empty_like(pre)
+    _native.requantize(pre, own, shared, native)
+    np.testing.assert_array_equal(native, expected)
+    np.testing.assert_array_equal(q.requantize(pre, own, shared), expected)
+
+
 def test_native_module_checks_its_arguments() -> None:
     blocks = np.zeros((4, 8), F32)
     exps, flags, lanes = np.zeros(4, np.int8), np.zeros(4, bool), np.zeros((4, 8), np.int32)
