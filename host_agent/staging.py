@@ -5,7 +5,7 @@ quantizes each block straight from there into a packet buffer and, when the bloc
 into the same rows (a sent block is never read again: a retransmission resends the packet's bytes). So memory
 stays at the tensor plus one block:
 
-* in-place float32 arrays that are C-contiguous and writable (numpy arrays, and torch CPU tensors that are
+* in-place float32 arrays that are C-contiguous and writable (numpy arrays, and plain torch CPU tensors that are
   contiguous, strided and carry no lazy conjugate or negation) are not copied at all: ``head`` is the caller's
   memory, viewed as blocks, and only the partial last block lives in ``tail``. The transport thread reads the
   caller's memory while sending and writes sums into it as they arrive (the caller does not touch the tensor
@@ -308,8 +308,11 @@ def _stage_torch(x: Any, lanes: int, inplace: bool) -> tuple[Staged, Target]:
 
 
 def _numpy_view(x: Any, torch: Any) -> np.ndarray | None:
-    """A float32 CPU tensor's values as a C-contiguous writable numpy array sharing its memory, else None."""
-    if not (x.dtype == torch.float32 and x.layout == torch.strided and x.is_contiguous()) or x.is_conj() or x.is_neg():
+    """A plain float32 CPU tensor's values as a C-contiguous writable numpy array sharing its memory, else None
+    (subclasses, whose ``numpy`` may mean something else, are copied with torch ops like any other tensor)."""
+    if type(x) is not torch.Tensor or x.dtype != torch.float32 or x.layout != torch.strided:
+        return None
+    if not x.is_contiguous() or x.is_conj() or x.is_neg():
         return None
     view = x.detach().numpy()
     return view if view.flags.c_contiguous and view.flags.writeable else None
