@@ -132,6 +132,9 @@ class WindowConfig:
             raise ValueError(f"need 1 <= minimum <= initial, 0 < decrease < 1, delay_target > 0; got {self}")
 
 
+#: A loss decreases the window only while the smoothed RTT is this share of ``delay_target`` above the smallest.
+LOSS_QUEUE_SHARE = 0.5
+
 #: Seconds over which the smallest RTT is taken (it is the smallest of the current and the previous period).
 MIN_RTT_PERIOD = 1.0
 
@@ -190,6 +193,8 @@ class CongestionWindow:
         """A round first sent at ``sent_at`` was lost (or delayed by a queue): decrease once per window."""
         if sent_at < self._recovery_from:
             return
+        if self.srtt is not None and self.srtt < self.min_rtt + LOSS_QUEUE_SHARE * self.config.delay_target:
+            return  # no queue: the loss is not congestion
         self.cwnd = self.ssthresh = max(self.cwnd * self.config.decrease, self.config.minimum)
         self._recovery_from = now
         self.decreases += 1

@@ -84,6 +84,8 @@ _ACTIVE_SHOWN = 16
 _UNDEFINED_FLAGS = ~FLAGS_DEFINED & 0xFF
 _HEADER = header_struct()
 _NO_SLOTS = np.zeros(0, np.int64)
+#: A round in flight is presumed lost once a round first sent this many smoothed RTTs after it has completed.
+FAST_RETRANSMIT_MARGIN = 0.25
 
 
 def _index(a: np.ndarray) -> slice | np.ndarray:
@@ -480,12 +482,14 @@ class Transport:
         phases_before = self._phase[si].copy()  # a view of a slice would change with the slots' phases
         clean = self._attempts[si] == 0
         n_clean = int(clean.sum())
+        newest_clean = -np.inf
         if n_clean:  # one RTT sample per burst is plenty
             first = int(s_arr[int(np.argmax(clean))])
             rtt = now - float(self._sent_at[first])
             self._rtt.sample(rtt)
             if self._cwnd is not None:
                 self._cwnd.on_rtt(rtt, float(self._sent_at[first]), now)
+            newest_clean = float(self._sent_at[si][clean].max())
         if self._cwnd is not None:
             self._cwnd.on_results(n_clean)
         share = self._retx_share  # moving share of rounds that needed a retransmission
@@ -512,6 +516,31 @@ class Transport:
             del self._active[op.index]
             self._on_complete(op)
         self.stats.results += len(s_arr)
+        if newest_clean > -np.inf:
+            self._fast_retransmit(newest_clean, now)
+
+    def _fast_retransmit(self, newest_clean: float, now: float) -> None:
+        """Resend at once the rounds in flight that were first sent well before a round that just completed.
+
+        Every rank sends its rounds oldest first, so a round answered although sent after this one means this
+        one's UPDATE or RESULT was most likely lost: waiting for its timeout (at least ``RtoConfig.minimum``) would
+        stall the slot, and under steady random loss the congestion window would fill with stalled rounds. Only
+        rounds not retransmitted yet qualify (once per round, as TCP's fast retransmit); ``FAST_RETRANSMIT_MARGIN``
+        of the smoothed RTT tolerates reordering. A wrong guess costs one duplicate UPDATE, which the switch
+        answers or ignores.
+        """
+        limit = newest_clean - FAST_RETRANSMIT_MARGIN * self._rtt.srtt
+        lost = np.flatnonzero((self._phase >= _WARMUP_OUT) & (self._attempts == 0) & (self._sent_at < limit))
+        if not len(lost):
+            return
+        self._attempts[lost] += 1
+        self._generation[lost] += 1  # their pending timeouts are stale: re-armed from now
+        self._timers.push(now + self._rtt.rto, lost, self._generation[lost])
+        if self._cwnd is not None:
+            self._cwnd.on_loss(float(self._sent_at[lost].max()), now)
+        self.stats.retransmissions += len(lost)
+        self._last_tx[lost] = now
+        self._transmit(lost)
 
     def _complete_data(self, pos: np.ndarray, s_arr: np.ndarray, si: slice | np.ndarray, exps: np.ndarray,
                        now: float) -> list[Operation]:  # fmt: skip

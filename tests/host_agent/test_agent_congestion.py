@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from agent_harness import WAIT, job
 from bottleneck import Bottleneck
-from fake_agg_switch import FakeSwitch
+from fake_agg_switch import FakeSwitch, Impairment
 
 from netagg.host_agent.timers import CongestionWindow, RtoConfig, WindowConfig
 from netagg.wire import message_bytes
@@ -42,6 +42,54 @@ def test_window_grows_by_one_per_result_then_by_one_per_window_and_halves_once_p
     assert cw.cwnd == 2  # never below the minimum
     cw.on_results(10_000)
     assert cw.cwnd == 64  # nor above the slots
+
+
+@pytest.mark.unit
+def test_a_loss_without_a_queue_is_not_congestion() -> None:
+    """Once RTTs are known, a loss decreases the window only while the smoothed RTT shows a queue of at least
+    LOSS_QUEUE_SHARE of the delay target: random loss on an idle path leaves the window alone (the round is
+    resent all the same)."""
+    cw = CongestionWindow(64, WindowConfig(initial=16, minimum=2, delay_target=0.01))
+    cw.on_rtt(0.001, sent_at=0.0, now=0.001)
+    cw.on_loss(sent_at=0.5, now=0.6)
+    assert cw.cwnd == 16 and cw.decreases == 0
+    for i in range(40):  # a queue of 6 ms builds up: below the 10 ms target, above half of it
+        cw.on_rtt(0.007, sent_at=1.0 + i / 1000, now=1.007 + i / 1000)
+    assert cw.decreases == 0
+    cw.on_loss(sent_at=2.0, now=2.1)
+    assert cw.cwnd == 8 and cw.decreases == 1
+
+
+class _DropOnce(FakeSwitch):
+    """Drops the ``nth`` datagram rank 0's agent sends, once."""
+
+    def __init__(self, *args: object, nth: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._left = nth
+        self.dropped = False
+
+    def _impair(self, imp: Impairment, data: bytes, addr: object, held: list, deliver: object) -> None:
+        if imp is self.ingress and addr == self.worker_address(0) and not self.dropped:
+            self._left -= 1
+            if self._left == 0:
+                self.dropped = True
+                return
+        super()._impair(imp, data, addr, held, deliver)
+
+
+def test_a_lost_update_is_resent_when_later_rounds_complete_not_at_its_timeout() -> None:
+    """Rank 0's third UPDATE is lost. The rounds sent after it complete, which every rank's oldest-first order
+    says it should have too: it is resent at once. With a timeout longer than the deadline, only that fast
+    retransmission can finish the all-reduce."""
+    switch = _DropOnce(2, nth=3, ingress=Impairment())
+    slow = RtoConfig(initial=60.0, minimum=60.0, maximum=60.0)
+    with job(2, switch, rto=slow, window=8, deadline=10.0) as (_, clients):
+        values = [np.full(8 * LANES, float(r + 1), np.float32) for r in range(2)]
+        done = [c.allreduce_async(v) for c, v in zip(clients, values)]
+        results = [f.result(WAIT) for f in done]
+        assert switch.dropped
+        assert all(np.array_equal(r, np.full(8 * LANES, 3.0, np.float32)) for r in results)
+        assert clients[0].stats.retransmissions >= 1
 
 
 @pytest.mark.unit
