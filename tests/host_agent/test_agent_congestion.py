@@ -77,6 +77,7 @@ class _DropOnce(FakeSwitch):
         super()._impair(imp, data, addr, held, deliver)
 
 
+@pytest.mark.loopback
 def test_a_lost_update_is_resent_when_later_rounds_complete_not_at_its_timeout() -> None:
     """Rank 0's third UPDATE is lost. The rounds sent after it complete, which every rank's oldest-first order
     says it should have too: it is resent at once. With a timeout longer than the deadline, only that fast
