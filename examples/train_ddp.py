@@ -2,6 +2,7 @@
 
     torchrun --nproc-per-node 4 examples/train_ddp.py --backend netagg   # needs a running softswitch + controller
     torchrun --nproc-per-node 4 examples/train_ddp.py --backend gloo
+    torchrun --nproc-per-node 2 examples/train_ddp.py --backend netagg --device cuda   # one GPU per rank, or shared
 
 The data set is scikit-learn's ``make_classification`` (generated, nothing downloaded): the same seed gives the same
 train/test split on every rank and for both backends. Rank 0 prints one line per epoch and, with ``--history``,
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,9 +64,9 @@ def make_model() -> torch.nn.Module:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, data: TensorDataset) -> float:
+def accuracy(model: torch.nn.Module, data: TensorDataset, device: torch.device) -> float:
     model.eval()
-    x, y = data.tensors
+    x, y = (t.to(device) for t in data.tensors)
     correct = (model(x).argmax(dim=1) == y).sum().item()
     model.train()
     return 100.0 * correct / len(y)
@@ -93,17 +95,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for data, model init and shuffling")
     parser.add_argument("--hook", choices=["none", "fp16", "powersgd"], default="none", help="DDP comm hook")
     parser.add_argument("--history", type=Path, help="rank 0 writes losses and accuracies here (JSON)")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where the model and its gradients live"
+    )
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
 
     if args.backend == "netagg":
         import netagg.host_agent.torch_backend  # noqa: F401  (registers the backend)
     dist.init_process_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cpu")
+    if args.device == "cuda":  # local rank r on GPU r (several ranks share a GPU when there are fewer)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     torch.manual_seed(args.seed)
     train, test = make_data(args.samples, args.test_size, args.seed)
     sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, drop_last=True)
-    model = DistributedDataParallel(make_model())
+    model = DistributedDataParallel(
+        make_model().to(device), device_ids=[device] if device.type == "cuda" else None
+    )
     attach_hook(model, args.hook)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -112,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             history["loss"].append(loss.item())
-        acc = accuracy(model.module, test)
+        acc = accuracy(model.module, test, device)
         history["accuracy"].append(acc)
         if rank == 0:
             recent = history["loss"][-len(loader) :]
