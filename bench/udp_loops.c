@@ -21,17 +21,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/udp.h> /* SOL_UDP, UDP_SEGMENT, UDP_GRO */
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BATCH 64
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
 #define MAX_DGRAM 2048
 #define AGG_VERSION_UPDATE 0x80 /* version 2, msg_type UPDATE in the top four bits of header byte 0 */
 

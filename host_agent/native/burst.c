@@ -6,18 +6,10 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <netinet/udp.h> /* SOL_UDP, UDP_SEGMENT, UDP_GRO */
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 
 /* Largest UDP payload of one IPv4 datagram: a GSO super-datagram may not exceed it either. */
 #define UDP_MAX_PAYLOAD 65507

@@ -5,18 +5,10 @@
 #include "io.h"
 
 #include <errno.h>
+#include <netinet/udp.h> /* SOL_UDP, UDP_SEGMENT, UDP_GRO */
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
 #ifndef VIRTIO_NET_HDR_GSO_UDP_L4
 #define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* Linux >= 4.18; older headers lack the name */
 #endif
