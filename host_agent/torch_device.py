@@ -5,7 +5,7 @@ all_reduce of a tensor on device D goes:
 
 1. On the caller's thread: an event on the caller's current stream marks when the tensor's values are ready, and
    the all-reduce is queued to the group's feeder (``DeviceFeeder.submit``); the call returns.
-2. On the feeder thread, piece by piece (``piece_rows`` blocks each), on a side stream of D: wait for that event,
+2. On the feeder thread, piece by piece (``piece_bytes`` of pre-lanes each), on a side stream of D: wait for that event,
    take the piece as float32 blocks, compute its block exponents and pre-lanes there
    (``torch_quantize.prescale``: all of the quantizer's float arithmetic), copy pre-lanes, exponents and flags
    into a free pinned host buffer, wait for that copy, and hand the piece to the agent (``staging.Prescaled``)
@@ -121,11 +121,9 @@ class _Task:
     average: bool
     ready: Any  # the caller's stream event
     future: Future[Any]
-    pieces: int = 0  # handed to the agent
-    landed: int = 0  # whose sums are written into ``flat``
-    total: int = 0
+    landed: int = 0  # pieces whose sums are written into ``flat`` (or failed)
+    total: int = 0  # pieces
     error: BaseException | None = None
-    last_write: Any = None  # event after the last piece's write on the side stream
 
 
 @dataclass(eq=False)
@@ -188,10 +186,6 @@ class DeviceFeeder:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"netagg-device-{label}", daemon=True)
         self._thread.start()
-
-    @property
-    def piece_rows(self) -> int:
-        return self._rows
 
     def _new_buffer(self) -> _Buffer:
         return _Buffer(
@@ -298,7 +292,7 @@ class DeviceFeeder:
 
     @property
     def buffers(self) -> int:
-        """Host buffers made so far (each of ``piece_rows`` blocks)."""
+        """Host buffers made so far (each of one piece)."""
         return self._made
 
     def _feed(self, task: _Task) -> None:
@@ -324,8 +318,6 @@ class DeviceFeeder:
                 with self._cond:
                     self._free.append((buffer, None))
                 raise
-            with self._cond:
-                task.pieces += 1
             piece.future.add_done_callback(lambda f, p=piece: self._piece_done(p, f))
 
     def _prepare(self, piece: _Piece) -> Prescaled:
