@@ -26,9 +26,11 @@ from netagg.host_agent.burst import RECV_MODES, SEND_MODES
 from netagg.host_agent.errors import AllReduceTimeout
 from netagg.host_agent.operation import Operation
 from netagg.host_agent.session import JoinResult
+from netagg.host_agent.timers import LOSS_QUEUE_SHARE, MIN_RTT_PERIOD
 from netagg.host_agent.transport import (
     _TSI_MASK,
     _UNDEFINED_FLAGS,
+    FAST_RETRANSMIT_MARGIN,
     Phase,
     Transport,
     TransportConfig,
@@ -74,8 +76,10 @@ class NativeTransport(Transport):
             send_mode=SEND_MODES.index(io.send_mode),
             recv_mode=RECV_MODES.index(io.recv_mode),
             gro_probe=io.gro_probing,
-            rto=(config.rto.initial, config.rto.minimum, config.rto.maximum),
-            congestion=None if cw is None else (cw.initial, cw.minimum, cw.decrease, cw.delay_target),
+            rto=(config.rto.initial, config.rto.minimum, config.rto.maximum, FAST_RETRANSMIT_MARGIN),
+            congestion=None
+            if cw is None
+            else (cw.initial, cw.minimum, cw.decrease, cw.delay_target, LOSS_QUEUE_SHARE, MIN_RTT_PERIOD),
             loss=config.loss,
             loss_seed=config.loss_seed,
             deadline=config.deadline,

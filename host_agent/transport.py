@@ -482,14 +482,15 @@ class Transport:
         phases_before = self._phase[si].copy()  # a view of a slice would change with the slots' phases
         clean = self._attempts[si] == 0
         n_clean = int(clean.sum())
-        newest_clean = -np.inf
         if n_clean:  # one RTT sample per burst is plenty
             first = int(s_arr[int(np.argmax(clean))])
             rtt = now - float(self._sent_at[first])
             self._rtt.sample(rtt)
             if self._cwnd is not None:
                 self._cwnd.on_rtt(rtt, float(self._sent_at[first]), now)
-            newest_clean = float(self._sent_at[si][clean].max())
+            keys = (self._round[si] * w + s_arr)[clean]  # the clean rounds' places in the stream
+            last = int(np.argmax(keys))
+            last_key, last_key_sent = int(keys[last]), float(self._sent_at[si][clean][last])
         if self._cwnd is not None:
             self._cwnd.on_results(n_clean)
         share = self._retx_share  # moving share of rounds that needed a retransmission
@@ -516,21 +517,26 @@ class Transport:
             del self._active[op.index]
             self._on_complete(op)
         self.stats.results += len(s_arr)
-        if newest_clean > -np.inf:
-            self._fast_retransmit(newest_clean, now)
+        if n_clean:
+            self._fast_retransmit(last_key, last_key_sent, now)
 
-    def _fast_retransmit(self, newest_clean: float, now: float) -> None:
-        """Resend at once the rounds in flight that were first sent well before a round that just completed.
+    def _fast_retransmit(self, key: int, key_sent: float, now: float) -> None:
+        """Resend at once the rounds in flight that come before the round ``key`` that just completed, both in
+        stream order and in sending time (by ``FAST_RETRANSMIT_MARGIN`` of the smoothed RTT, for reordering).
 
-        Every rank sends its rounds oldest first, so a round answered although sent after this one means this
-        one's UPDATE or RESULT was most likely lost: waiting for its timeout (at least ``RtoConfig.minimum``) would
-        stall the slot, and under steady random loss the congestion window would fill with stalled rounds. Only
-        rounds not retransmitted yet qualify (once per round, as TCP's fast retransmit); ``FAST_RETRANSMIT_MARGIN``
-        of the smoothed RTT tolerates reordering. A wrong guess costs one duplicate UPDATE, which the switch
-        answers or ignores.
+        Every rank sends its rounds oldest first, so when round ``key`` completed, every rank had sent the earlier
+        ones: this rank's that were sent before it and are still unanswered most likely lost their UPDATE or
+        RESULT. Waiting for their timeout (at least ``RtoConfig.minimum``) would stall the slot, and under steady
+        random loss the congestion window would fill with stalled rounds. Only rounds not retransmitted yet
+        qualify (once per round, as TCP's fast retransmit). A wrong guess costs one duplicate UPDATE, which the
+        switch answers or ignores.
         """
-        limit = newest_clean - FAST_RETRANSMIT_MARGIN * self._rtt.srtt
-        lost = np.flatnonzero((self._phase >= _WARMUP_OUT) & (self._attempts == 0) & (self._sent_at < limit))
+        w = self._w
+        limit = key_sent - FAST_RETRANSMIT_MARGIN * self._rtt.srtt
+        earlier = self._round * w + np.arange(w) < key
+        lost = np.flatnonzero(
+            (self._phase >= _WARMUP_OUT) & (self._attempts == 0) & (self._sent_at < limit) & earlier
+        )
         if not len(lost):
             return
         self._attempts[lost] += 1

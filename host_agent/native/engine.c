@@ -24,9 +24,6 @@ enum { H_EXP = 8, H_FLAGS = 9, H_OP = 14, HEADER_BYTES = 18 };
 enum { F_NONFINITE = 0x01, F_ABORT = 0x02, F_MISMATCH = 0x04 };
 enum { NEED_WARMUP = 0, READY = 1, WARMUP_OUT = 2, DATA_OUT = 3 };
 #define EXP_UNKNOWN 127
-#define MIN_RTT_PERIOD 1.0
-#define FAST_RETRANSMIT_MARGIN 0.25 /* transport.py */
-#define LOSS_QUEUE_SHARE 0.5 /* timers.py */
 /* Receives that returned datagrams before GRO is judged, and the datagrams per receive it must reach. */
 #define GRO_PROBE_CALLS 256
 #define GRO_MIN_PER_CALL 2.0
@@ -137,7 +134,7 @@ static void cw_on_loss(struct na_engine *e, double sent_at, double now)
 {
     if (sent_at < e->recovery_from)
         return;
-    if (e->cw_have_srtt && e->cw_srtt < e->min_rtt + LOSS_QUEUE_SHARE * e->cfg.cw_delay_target)
+    if (e->cw_have_srtt && e->cw_srtt < e->min_rtt + e->cfg.cw_loss_queue_share * e->cfg.cw_delay_target)
         return; /* CongestionWindow.on_loss: no queue, so not congestion */
     double c = e->cwnd * e->cfg.cw_decrease;
     e->cwnd = e->ssthresh = c > e->cfg.cw_min ? c : e->cfg.cw_min;
@@ -150,7 +147,7 @@ static void cw_on_rtt(struct na_engine *e, double rtt, double sent_at, double no
     if (now >= e->period_end) {
         e->min_before = e->min_now;
         e->min_now = INFINITY;
-        e->period_end = now + MIN_RTT_PERIOD;
+        e->period_end = now + e->cfg.cw_min_rtt_period;
     }
     if (rtt < e->min_now)
         e->min_now = rtt;
@@ -573,13 +570,15 @@ static void land(struct na_engine *e, const struct op *op, int64_t row, const un
                   (ptrdiff_t)(4 * lanes));
 }
 
-/* Transport._fast_retransmit: resend the rounds in flight first sent well before a round that just completed. */
-static bool fast_retransmit(struct na_engine *e, double newest_clean, double now, struct na_step *r)
+/* Transport._fast_retransmit: resend the rounds in flight that come before a round that just completed, both in
+ * stream order and (by a margin) in sending time. */
+static bool fast_retransmit(struct na_engine *e, int64_t key, double key_sent, double now, struct na_step *r)
 {
-    double limit = newest_clean - FAST_RETRANSMIT_MARGIN * e->srtt, newest_lost = -INFINITY;
+    double limit = key_sent - e->cfg.fast_retransmit_margin * e->srtt, newest_lost = -INFINITY;
     size_t n = 0;
     for (size_t s = 0; s < e->w; s++) {
-        if (e->phase[s] < WARMUP_OUT || e->attempts[s] != 0 || !(e->sent_at[s] < limit))
+        if (e->phase[s] < WARMUP_OUT || e->attempts[s] != 0 || !(e->sent_at[s] < limit) ||
+            e->round[s] * (int64_t)e->w + (int64_t)s >= key)
             continue;
         e->cand[n++] = (int64_t)s;
         e->attempts[s] = 1;
@@ -602,15 +601,19 @@ static bool complete(struct na_engine *e, size_t accepted, double now, struct na
     e->last_result = now;
     size_t clean = 0;
     int64_t first_clean = -1;
-    double newest_clean = -INFINITY;
+    int64_t last_key = -1; /* the clean round latest in stream order, and when it was sent */
+    double last_key_sent = 0;
     for (size_t k = 0; k < accepted; k++) {
         int64_t s = e->acc_slot[k];
         if (e->attempts[s] == 0) {
             clean++;
             if (first_clean < 0)
                 first_clean = s;
-            if (e->sent_at[s] > newest_clean)
-                newest_clean = e->sent_at[s];
+            int64_t key = e->round[s] * (int64_t)w + s;
+            if (key > last_key) {
+                last_key = key;
+                last_key_sent = e->sent_at[s];
+            }
         }
     }
     if (first_clean >= 0) { /* one RTT sample per burst is plenty */
@@ -670,7 +673,7 @@ static bool complete(struct na_engine *e, size_t accepted, double now, struct na
     }
     e->inflight -= accepted;
     e->stats.results += accepted;
-    return clean == 0 || fast_retransmit(e, newest_clean, now, r);
+    return clean == 0 || fast_retransmit(e, last_key, last_key_sent, now, r);
 }
 
 static bool receive(struct na_engine *e, struct na_step *r)

@@ -30,8 +30,10 @@ struct na_engine_config {
     int send_mode, recv_mode;    /* enum na_send_mode / na_recv_mode */
     bool gro_probe;              /* drop GRO for recvmmsg if datagrams arrive one per receive */
     double rto_initial, rto_min, rto_max;
+    double fast_retransmit_margin; /* transport.FAST_RETRANSMIT_MARGIN */
     bool congestion;             /* false: W rounds in flight, no window */
     double cw_initial, cw_min, cw_decrease, cw_delay_target;
+    double cw_loss_queue_share, cw_min_rtt_period; /* timers.LOSS_QUEUE_SHARE, timers.MIN_RTT_PERIOD */
     double loss;                 /* fraction of outgoing packets dropped on purpose */
     uint64_t loss_seed;
     double deadline;             /* seconds an operation may go without progress */

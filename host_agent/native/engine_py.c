@@ -68,11 +68,11 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
     Py_buffer header;
     int gro_probe;
     PyObject *congestion;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iinnnniIIIky*iip(ddd)OdKd", kwlist, &cfg.fd, &cfg.wake_fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iinnnniIIIky*iip(dddd)OdKd", kwlist, &cfg.fd, &cfg.wake_fd,
                                      &cfg.window, &cfg.lanes, &cfg.seg, &cfg.budget, &cfg.scale_base, &b0, &job,
                                      &undefined, &key, &header, &cfg.send_mode, &cfg.recv_mode, &gro_probe,
-                                     &cfg.rto_initial, &cfg.rto_min, &cfg.rto_max, &congestion, &cfg.loss, &seed,
-                                     &cfg.deadline))
+                                     &cfg.rto_initial, &cfg.rto_min, &cfg.rto_max, &cfg.fast_retransmit_margin,
+                                     &congestion, &cfg.loss, &seed, &cfg.deadline))
         return -1;
     bool header_ok = header.len == (Py_ssize_t)sizeof cfg.header;
     if (header_ok)
@@ -83,8 +83,8 @@ static int Engine_init(EngineObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (congestion != Py_None) {
-        if (!PyArg_ParseTuple(congestion, "dddd", &cfg.cw_initial, &cfg.cw_min, &cfg.cw_decrease,
-                              &cfg.cw_delay_target))
+        if (!PyArg_ParseTuple(congestion, "dddddd", &cfg.cw_initial, &cfg.cw_min, &cfg.cw_decrease,
+                              &cfg.cw_delay_target, &cfg.cw_loss_queue_share, &cfg.cw_min_rtt_period))
             return -1;
         cfg.congestion = true;
     }

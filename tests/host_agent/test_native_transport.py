@@ -140,7 +140,7 @@ def _engine(**changes: object) -> _native.Engine:
     args: dict[str, object] = dict(
         fd=-1, wake_fd=-1, window=4, lanes=32, seg=18 + 128, budget=8, scale_base=30, b0_result=0x90, job=1,
         undefined_flags=0xF0, key=5, header=bytes(18), send_mode=0, recv_mode=1, gro_probe=False,
-        rto=(0.05, 0.02, 0.5), congestion=None, loss=0.0, loss_seed=0, deadline=1.0,
+        rto=(0.05, 0.02, 0.5, 0.25), congestion=None, loss=0.0, loss_seed=0, deadline=1.0,
     )  # fmt: skip
     args.update(changes)
     return _native.Engine(**args)
